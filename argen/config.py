@@ -1,0 +1,166 @@
+"""Run-level configuration helpers; importable without torch.
+
+Every component takes one config dataclass. Configs come from a preset, an optional JSON file and
+`--set key=value` overrides (dotted keys reach nested dataclasses; values are parsed as JSON, falling back
+to plain strings).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON-serialisable dict of a (nested) config dataclass."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
+    """Turn `["a.b=3", "c=[1,2]"]` into a nested dict `{"a": {"b": 3}, "c": [1, 2]}`."""
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise ValueError(f"override {pair!r} must look like key=value (e.g. --set optim.lr=3e-4)")
+        key, raw = pair.split("=", 1)
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return out
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge; `update` wins."""
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+        return from_dict(tp, value, where)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(args[0], value, where) if len(args) == 1 else value
+    if origin is tuple and isinstance(value, list | tuple):
+        return tuple(value)
+    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
+    """Build dataclass `cls` from a dict, rejecting unknown keys with the list of valid ones."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = set(data) - fields
+    if unknown:
+        raise ValueError(
+            f"unknown config key(s) {sorted(unknown)} for {cls.__name__}{' at ' + where if where else ''}; "
+            f"valid keys: {sorted(fields)}"
+        )
+    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}".lstrip(".")) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict[str, Any] | None = None) -> T:
+    """Config from `base` dict, then a JSON file, then `key=value` overrides."""
+    data: dict[str, Any] = dict(base or {})
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ValueError(f"config file {p} not found")
+        try:
+            data = merge(data, json.loads(p.read_text()))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"config file {p} is not valid JSON: {e}") from e
+    data = merge(data, parse_overrides(overrides))
+    return from_dict(cls, data)
+
+
+def replace(cfg: T, **changes: Any) -> T:
+    """`dataclasses.replace` that re-runs `__post_init__` validation."""
+    return dataclasses.replace(cfg, **changes)
+
+
+# ----------------------------------------------------------------------------------------------- training
+@dataclasses.dataclass
+class DataConfig:
+    """Where training/eval images or tokens come from.
+
+    source: "fashion_mnist" (IDX files, padded to 32x32), "imagefolder" (one folder per class) or
+        "tokens" (a pre-extracted token dataset written by `argen tokenize`).
+    root: directory of the IDX files / ImageFolder root / token file; None = the default location.
+    """
+
+    source: str = "fashion_mnist"
+    root: str | None = None
+    split: str = "train"
+    image_size: int = 32
+    ten_crop: bool = False
+    num_workers: int = 0
+
+
+@dataclasses.dataclass
+class OptimConfig:
+    lr: float = 3e-4
+    weight_decay: float = 0.05
+    beta1: float = 0.9
+    beta2: float = 0.95
+    warmup_steps: int = 100
+    schedule: str = "cosine"  # cosine | step | constant
+    min_lr_ratio: float = 0.1
+    step_milestones: list[int] = dataclasses.field(default_factory=list)
+    step_gamma: float = 0.1
+    grad_clip: float = 1.0  # 0 = off
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """One training run. `task` picks the model family and objective (see argen.training.tasks).
+
+    model: the model's config as a dict: {"preset": "debug", <field overrides>}.
+    objective: task-specific options (EAR schedule randomisation, label dropout, loss weights, ...).
+    batch_size: global batch per optimizer step (split over ranks and accumulation micro-steps).
+    """
+
+    task: str = "gpt"
+    model: dict[str, Any] = dataclasses.field(default_factory=dict)
+    objective: dict[str, Any] = dataclasses.field(default_factory=dict)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    steps: int = 1000
+    batch_size: int = 64
+    grad_accum: int = 1
+    precision: str = "fp32"  # fp32 | bf16 (autocast)
+    ema_decay: float = 0.0  # 0 = no EMA
+    strategy: str = "none"  # none | ddp | fsdp
+    device: str = "auto"
+    out_dir: str = "runs/default"
+    ckpt_every: int = 500
+    keep_last: int = 2
+    log_every: int = 10
+    seed: int = 0
+    tensorboard: bool = False

@@ -1,0 +1,159 @@
+"""Model files: argen's own format (safetensors + JSON config) and readers for official checkpoints.
+
+argen format: `NAME.safetensors` (weights) beside `NAME.json` = {"kind", "config", "argen_version"}.
+Official files (`.pth`/`.pt`) are read with `torch.load(weights_only=True)` and then adapted by named
+functions next to each model (`load_official_*`), which end in `load_strict`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import re
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+import argen
+from argen.config import from_dict, to_dict
+
+
+class CheckpointError(ValueError):
+    """A model file is missing, corrupt or does not match the model it is loaded into."""
+
+
+# kind -> (config dataclass, model class). Filled by `register` in each model module.
+_KINDS: dict[str, tuple[type, type[nn.Module]]] = {}
+_MODEL_MODULES = (
+    "argen.tokenizers.vqgan",
+    "argen.tokenizers.multiscale",
+    "argen.models.gpt",
+    "argen.models.var",
+    "argen.models.actvar",
+    "argen.eval.classifier",
+)
+
+
+def register(kind: str, config_cls: type) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """Class decorator: make a model loadable by kind from argen files."""
+
+    def deco(model_cls: type[nn.Module]) -> type[nn.Module]:
+        _KINDS[kind] = (config_cls, model_cls)
+        model_cls.kind = kind
+        return model_cls
+
+    return deco
+
+
+def _kinds() -> dict[str, tuple[type, type[nn.Module]]]:
+    for mod in _MODEL_MODULES:
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name != mod:
+                raise
+    return _KINDS
+
+
+def save_model(model: nn.Module, path: str | Path, dtype: torch.dtype | None = None) -> Path:
+    """Write `path` (.safetensors) and its `.json` config. The model needs `.config` and a registered kind."""
+    path = Path(path).with_suffix(".safetensors")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to(dtype or v.dtype).contiguous().cpu() for k, v in model.state_dict().items()}
+    meta = {"kind": model.kind, "config": to_dict(model.config), "argen_version": argen.__version__}
+    tmp = path.with_suffix(".safetensors.tmp")
+    save_file(state, str(tmp), metadata={"argen": json.dumps(meta)})
+    tmp.replace(path)
+    path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+    return path
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    meta_path = path.with_suffix(".json")
+    if not meta_path.is_file():
+        raise CheckpointError(f"{meta_path} not found: argen model files come as NAME.safetensors + NAME.json")
+    try:
+        return json.loads(meta_path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{meta_path} is not valid JSON ({e}); re-export the model") from e
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+               ) -> nn.Module:
+    """Build and load an argen model file (any registered kind), in eval mode."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        path = path.with_suffix(".safetensors")
+    if not path.is_file():
+        raise CheckpointError(f"model file {path} not found")
+    meta = read_meta(path)
+    kinds = _kinds()
+    if meta.get("kind") not in kinds:
+        raise CheckpointError(f"{path}: unknown model kind {meta.get('kind')!r}; known: {sorted(kinds)}")
+    config_cls, model_cls = kinds[meta["kind"]]
+    model = model_cls(from_dict(config_cls, meta["config"]))
+    state = read_safetensors(path)
+    load_strict(model, state, source=str(path))
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({e}); re-download or re-export it") from e
+
+
+def read_official(path: str | Path, key: str | None = None) -> dict[str, torch.Tensor]:
+    """Read an official `.pth`/`.pt` checkpoint safely (weights only); take `ckpt[key]` when it is there."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} not found")
+    if path.suffix == ".safetensors":
+        return read_safetensors(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for truncated or non-weights pickles
+        raise CheckpointError(
+            f"{path} could not be read as a weights-only PyTorch checkpoint ({type(e).__name__}: {e}). "
+            "It may be truncated or contain pickled objects; re-download the official file."
+        ) from e
+    if key is not None and isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+        obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path} does not hold a state dict of tensors (top-level keys: {list(obj)[:8]})")
+    return obj
+
+
+def drop_keys(state: dict[str, torch.Tensor], patterns: Iterable[str]) -> dict[str, torch.Tensor]:
+    """Remove keys matching any regex in `patterns` (derivable buffers such as `attn_bias_for_masking`)."""
+    regs = [re.compile(p) for p in patterns]
+    return {k: v for k, v in state.items() if not any(r.fullmatch(k) for r in regs)}
+
+
+def load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
+    """`load_state_dict(strict=True)` with a readable report of missing, unexpected and mis-shaped keys."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        lines = [f"{source} does not match {type(model).__name__}"
+                 f"{' ' + str(getattr(model, 'config', '')) if dataclasses.is_dataclass(getattr(model, 'config', None)) else ''}"]
+        if missing:
+            lines.append(f"  missing {len(missing)} key(s): {missing[:6]}{' ...' if len(missing) > 6 else ''}")
+        if unexpected:
+            lines.append(f"  unexpected {len(unexpected)} key(s): {unexpected[:6]}{' ...' if len(unexpected) > 6 else ''}")
+        if shapes:
+            lines.append(f"  shape mismatches: {shapes[:4]}{' ...' if len(shapes) > 4 else ''}")
+        lines.append("  Check that the model config (preset, sizes, vocabulary) matches the file.")
+        raise CheckpointError("\n".join(lines))
+    model.load_state_dict(state, strict=True)
