@@ -1,0 +1,257 @@
+"""A dense FFN viewed as E equal experts (MoEfication), a top-k router and grouped expert execution.
+
+Shape legend: N tokens, C width, H hidden units (4C), E experts, M hidden units per expert (H/E),
+K experts per token (at most), A (token, expert) assignments, P padded slots per expert.
+
+No new FFN weights: the hidden units of `fc1`/`fc2` are permuted so that expert e owns the contiguous block
+of rows `fc1.weight[e*M:(e+1)*M]` (and the same columns of `fc2.weight`). Permuting hidden units leaves the
+dense function unchanged, so with every expert active the MoE FFN equals the dense FFN up to fp32 summation
+order; `perm_H` keeps the permutation so the dense weights are restored bit for bit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class MoEConfig:
+    """Shape of an FFN seen as experts.
+
+    width: model width C (FFN input/output size).
+    hidden: FFN hidden size H (4C in VAR).
+    num_experts: E; must divide `hidden`.
+    straight_through: combine weights are exactly 1 in the forward pass but carry the router's gradient
+        ((s - s.detach()) + 1, s = sigmoid(router logit)); False = plain weight 1, router trained only by its
+        own distillation loss.
+    """
+
+    width: int
+    hidden: int
+    num_experts: int = 16
+    straight_through: bool = True
+
+    def __post_init__(self) -> None:
+        if self.num_experts < 1 or self.hidden % self.num_experts:
+            raise ValueError(
+                f"num_experts={self.num_experts} must be >= 1 and divide the FFN hidden size {self.hidden}; "
+                "pick a divisor such as 8 or 16"
+            )
+
+
+# ------------------------------------------------------------------------------------------- splitting
+def balanced_kmeans(x_NC: torch.Tensor, num_clusters: int, iters: int = 20, seed: int = 0) -> torch.Tensor:
+    """Cluster rows into `num_clusters` clusters of exactly N / num_clusters rows (cosine k-means).
+
+    Assignment is greedy by regret (rows whose best cluster beats their second best by the largest margin
+    choose first), so it is deterministic given `seed` (which only picks the initial centroids).
+
+    Args:
+        x_NC: rows to cluster; they are L2-normalised first.
+    Returns:
+        (N,) int64 cluster id per row, every cluster holding N / num_clusters rows.
+    """
+    n = x_NC.shape[0]
+    if n % num_clusters:
+        raise ValueError(f"{n} rows cannot be split into {num_clusters} equal clusters")
+    cap = n // num_clusters
+    x = F.normalize(x_NC.detach().double().cpu(), dim=1).numpy()
+    g = torch.Generator().manual_seed(seed)
+    centroids = x[torch.randperm(n, generator=g)[:num_clusters].numpy()]
+    labels = np.zeros(n, dtype=np.int64)
+    for _ in range(iters):
+        new = _balanced_assign(x @ centroids.T, cap)
+        converged = np.array_equal(new, labels)
+        labels = new
+        for c in range(num_clusters):
+            mean = x[labels == c].mean(axis=0)
+            centroids[c] = mean / max(np.linalg.norm(mean), 1e-12)
+        if converged:
+            break
+    return torch.from_numpy(labels)
+
+
+def _balanced_assign(score_NE: np.ndarray, cap: int) -> np.ndarray:
+    num = score_NE.shape[1]
+    pref_NE = np.argsort(-score_NE, axis=1, kind="stable")
+    top2 = np.take_along_axis(score_NE, pref_NE[:, :2], axis=1) if num > 1 else np.zeros((len(score_NE), 2))
+    order = np.argsort(-(top2[:, 0] - top2[:, 1]), kind="stable")
+    fill = np.zeros(num, dtype=np.int64)
+    labels = np.empty(len(score_NE), dtype=np.int64)
+    for i in order:
+        for c in pref_NE[i]:
+            if fill[c] < cap:
+                labels[i] = c
+                fill[c] += 1
+                break
+    return labels
+
+
+def expert_permutation(
+    fc1_weight_HC: torch.Tensor, num_experts: int, iters: int = 20, seed: int = 0
+) -> torch.Tensor:
+    """Hidden-unit order that makes experts contiguous: expert e = units `perm[e*M:(e+1)*M]` (ascending)."""
+    labels_H = balanced_kmeans(fc1_weight_HC, num_experts, iters, seed)
+    # Stable sort by label keeps each expert's units in their original order.
+    return torch.sort(labels_H, stable=True).indices
+
+
+# ------------------------------------------------------------------------------------------- execution
+def grouped_expert_ffn(
+    x_NC: torch.Tensor,
+    w1_EMC: torch.Tensor,
+    b1_EM: torch.Tensor,
+    w2_EMC: torch.Tensor,
+    tok_A: torch.Tensor,
+    exp_A: torch.Tensor,
+    weight_A: torch.Tensor,
+) -> torch.Tensor:
+    """Sum over assignments of `weight * fc2_e(gelu(fc1_e(x_tok)))`, without fc2's bias.
+
+    Assignments are sorted by expert into a padded (E, P, C) layout, P = the busiest expert's load, and run
+    as two batched matmuls; results are scattered back with one index_add. No Python loop over experts or
+    tokens: two kernels regardless of E, which wins over per-expert launches on GPU and ties on CPU.
+
+    Args:
+        x_NC: expert inputs.
+        w1_EMC, b1_EM: fc1 rows and bias per expert. w2_EMC: fc2 columns per expert, (E, M, C).
+        tok_A, exp_A, weight_A: token index, expert index and combine weight of each assignment.
+    Returns:
+        (N, C) summed expert outputs.
+    """
+    num_experts = w1_EMC.shape[0]
+    out_NC = torch.zeros_like(x_NC)
+    if tok_A.numel() == 0:
+        return out_NC
+    exp_sorted, order = torch.sort(exp_A, stable=True)
+    tok_sorted = tok_A[order]
+    counts_E = torch.bincount(exp_sorted, minlength=num_experts)
+    cap = int(counts_E.max())
+    starts_E = torch.cumsum(counts_E, 0) - counts_E
+    slot_A = exp_sorted * cap + (torch.arange(len(exp_sorted), device=x_NC.device) - starts_E[exp_sorted])
+    x_PC = x_NC.new_zeros(num_experts * cap, x_NC.shape[1]).index_copy(0, slot_A, x_NC[tok_sorted])
+    h_EPM = torch.baddbmm(b1_EM[:, None, :], x_PC.view(num_experts, cap, -1), w1_EMC.transpose(1, 2))
+    y_EPC = torch.bmm(F.gelu(h_EPM, approximate="tanh"), w2_EMC)
+    y_AC = y_EPC.reshape(num_experts * cap, -1)[slot_A] * weight_A[order, None].to(x_NC.dtype)
+    return out_NC.index_add(0, tok_sorted, y_AC)
+
+
+class MoEFFN(nn.Module):
+    """VAR's FFN (fc1 C->H, GELU(tanh), fc2 H->C) with hidden units grouped into experts and a router.
+
+    Called as `ffn(x)` it is the dense FFN, so a model holding it still runs its dense forward; with
+    `k_N` it runs only each token's top-k experts.
+    """
+
+    def __init__(self, config: MoEConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.fc1 = nn.Linear(config.width, config.hidden)
+        self.fc2 = nn.Linear(config.hidden, config.width)
+        self.router = nn.Linear(config.width, config.num_experts)
+        # Persistent so `to_dense` can undo the permutation after a save/load round trip.
+        self.register_buffer("perm_H", torch.arange(config.hidden), persistent=True)
+
+    def init_weights(self) -> None:
+        """Router starts at zero (uniform scores); FFN weights come from the dense model."""
+        nn.init.zeros_(self.router.weight)
+        nn.init.zeros_(self.router.bias)
+
+    @classmethod
+    def from_dense(
+        cls,
+        fc1: nn.Linear,
+        fc2: nn.Linear,
+        num_experts: int = 16,
+        kmeans_iters: int = 20,
+        seed: int = 0,
+        straight_through: bool = True,
+    ) -> MoEFFN:
+        """Split a dense FFN into experts by balanced k-means on L2-normalised fc1 rows (no new weights)."""
+        cfg = MoEConfig(fc1.in_features, fc1.out_features, num_experts, straight_through)
+        moe = cls(cfg).to(device=fc1.weight.device, dtype=fc1.weight.dtype)
+        moe.init_weights()
+        perm_H = expert_permutation(fc1.weight, num_experts, kmeans_iters, seed).to(fc1.weight.device)
+        with torch.no_grad():
+            moe.fc1.weight.copy_(fc1.weight[perm_H])
+            moe.fc1.bias.copy_(fc1.bias[perm_H])
+            moe.fc2.weight.copy_(fc2.weight[:, perm_H])
+            moe.fc2.bias.copy_(fc2.bias)
+            moe.perm_H.copy_(perm_H)
+        return moe
+
+    def dense_state(self) -> dict[str, torch.Tensor]:
+        """fc1/fc2 weights in the original dense unit order (exact inverse of the split)."""
+        inv_H = torch.argsort(self.perm_H)
+        return {
+            "fc1.weight": self.fc1.weight.detach()[inv_H].clone(),
+            "fc1.bias": self.fc1.bias.detach()[inv_H].clone(),
+            "fc2.weight": self.fc2.weight.detach()[:, inv_H].clone(),
+            "fc2.bias": self.fc2.bias.detach().clone(),
+        }
+
+    def expert_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Views (w1_EMC, b1_EM, w2_EMC) of the FFN weights per expert."""
+        e, m, c = self.config.num_experts, self.config.hidden // self.config.num_experts, self.config.width
+        w2_EMC = self.fc2.weight.view(c, e, m).permute(1, 2, 0)
+        return self.fc1.weight.view(e, m, c), self.fc1.bias.view(e, m), w2_EMC
+
+    def route(
+        self, x_NC: torch.Tensor, k_N: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Top-k experts per token (k may differ per token).
+
+        Returns:
+            tok_A, exp_A, weight_A (the assignments) and the router logits (N, E).
+        """
+        logits_NE = self.router(x_NC)
+        k_max = int(k_N.max())
+        top_NK = torch.topk(logits_NE, k_max, dim=1, sorted=True).indices
+        valid_NK = torch.arange(k_max, device=x_NC.device)[None, :] < k_N[:, None]
+        tok_A = torch.arange(x_NC.shape[0], device=x_NC.device)[:, None].expand_as(top_NK)[valid_NK]
+        exp_A = top_NK[valid_NK]
+        if self.config.straight_through:
+            s_A = torch.sigmoid(logits_NE[tok_A, exp_A])
+            weight_A = (s_A - s_A.detach()) + 1.0  # exactly 1 forward; gradient reaches the router
+        else:
+            weight_A = torch.ones_like(exp_A, dtype=x_NC.dtype)
+        return tok_A, exp_A, weight_A, logits_NE
+
+    def forward(
+        self, x_NC: torch.Tensor, k_N: torch.Tensor | int | None = None, force_grouped: bool = False
+    ) -> torch.Tensor:
+        """FFN output for (..., C) inputs with each token's top `k_N` experts (None or all = dense path).
+
+        Args:
+            x_NC: (..., C) modulated FFN input.
+            k_N: experts per token, an int or a tensor over the leading dims; None = all experts.
+            force_grouped: run the grouped kernel even when every expert is active (tests).
+        Returns:
+            (..., C).
+        """
+        num = self.config.num_experts
+        if k_N is None:
+            k_N = num
+        if isinstance(k_N, int):
+            k_N = torch.full(x_NC.shape[:-1], k_N, dtype=torch.long, device=x_NC.device)
+        if not force_grouped and bool((k_N >= num).all()):
+            return self.fc2(F.gelu(self.fc1(x_NC), approximate="tanh"))
+        lead = x_NC.shape[:-1]
+        x = x_NC.reshape(-1, x_NC.shape[-1])
+        tok_A, exp_A, weight_A, _ = self.route(x, k_N.reshape(-1).clamp(1, num))
+        y = grouped_expert_ffn(x, *self.expert_weights(), tok_A, exp_A, weight_A) + self.fc2.bias
+        return y.view(*lead, -1)
+
+    def expert_norms(self, x_NC: torch.Tensor) -> torch.Tensor:
+        """L2 norm of every expert's output per token, (..., E): the router's distillation target."""
+        e = self.config.num_experts
+        h = F.gelu(self.fc1(x_NC), approximate="tanh")
+        h_NEM = h.unflatten(-1, (e, -1))
+        _, _, w2_EMC = self.expert_weights()
+        y_NEC = torch.einsum("...em,emc->...ec", h_NEM, w2_EMC)
+        return y_NEC.norm(dim=-1)
