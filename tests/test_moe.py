@@ -52,10 +52,10 @@ def test_split_merge_round_trip_exact(num_experts: int) -> None:
     assert torch.equal(back["fc2.weight"], fc2.weight) and torch.equal(back["fc2.bias"], fc2.bias)
 
 
-@pytest.mark.parametrize("force_grouped", [False, True])
-def test_all_experts_equal_dense(force_grouped: bool) -> None:
+@pytest.mark.parametrize(("force_grouped", "backend"), [(False, "auto"), (True, "padded"), (True, "segment")])
+def test_all_experts_equal_dense(force_grouped: bool, backend: str) -> None:
     fc1, fc2 = _dense_ffn()
-    moe = MoEFFN.from_dense(fc1, fc2, 8)
+    moe = MoEFFN.from_dense(fc1, fc2, 8, backend=backend)
     nn.init.normal_(moe.router.weight)  # routing must not matter when every expert runs
     x = torch.randn(3, 10, 32)
     out = moe(x, 8, force_grouped=force_grouped)
@@ -77,9 +77,10 @@ def test_router_picks_exactly_k_distinct_experts() -> None:
     assert torch.equal(weight_A, torch.ones_like(weight_A))
 
 
-def test_grouped_equals_per_expert_reference() -> None:
+@pytest.mark.parametrize("backend", ["padded", "segment"])
+def test_grouped_equals_per_expert_reference(backend: str) -> None:
     fc1, fc2 = _dense_ffn()
-    moe = MoEFFN.from_dense(fc1, fc2, 8)
+    moe = MoEFFN.from_dense(fc1, fc2, 8, backend=backend)
     nn.init.normal_(moe.router.weight)
     x = torch.randn(40, 32)
     k = 3
@@ -91,13 +92,14 @@ def test_grouped_equals_per_expert_reference() -> None:
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
 
-def test_grouped_handles_empty_experts_and_weights() -> None:
+@pytest.mark.parametrize("backend", ["padded", "segment"])
+def test_grouped_handles_empty_experts_and_weights(backend: str) -> None:
     w1, b1, w2 = torch.randn(4, 3, 5), torch.randn(4, 3), torch.randn(4, 3, 5)
     x = torch.randn(6, 5)
     tok = torch.tensor([0, 0, 5, 2])
     exp = torch.tensor([1, 1, 1, 3])  # experts 0 and 2 idle, one token twice on the same expert
     wt = torch.tensor([1.0, 0.5, 2.0, 1.0])
-    out = grouped_expert_ffn(x, w1, b1, w2, tok, exp, wt)
+    out = grouped_expert_ffn(x, w1, b1, w2, tok, exp, wt, backend)
     ref = torch.zeros(6, 5)
     for t, e, w in zip(tok.tolist(), exp.tolist(), wt.tolist(), strict=True):
         ref[t] += w * (F.gelu(x[t] @ w1[e].T + b1[e], approximate="tanh") @ w2[e])
