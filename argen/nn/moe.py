@@ -147,8 +147,8 @@ def grouped_expert_ffn(
         parts, start = [], 0
         for e, count in enumerate(counts_E.tolist()):  # E iterations, each one contiguous slice
             if count:
-                h = F.gelu(torch.addmm(b1_EM[e], x_AC[start : start + count], w1_EMC[e].T), approximate="tanh")
-                parts.append(h @ w2_EMC[e])
+                h = torch.addmm(b1_EM[e], x_AC[start : start + count], w1_EMC[e].T)
+                parts.append(F.gelu(h, approximate="tanh") @ w2_EMC[e])
             start += count
         y_AC = torch.cat(parts) * weight_A[order, None].to(x_NC.dtype)
         return out_NC.index_add(0, tok_sorted, y_AC)
