@@ -122,6 +122,12 @@ class DataConfig:
     ten_crop: bool = False
     num_workers: int = 0
 
+    def __post_init__(self) -> None:
+        if self.source not in ("fashion_mnist", "imagefolder", "tokens"):
+            raise ValueError(f"data.source {self.source!r}: choose fashion_mnist, imagefolder or tokens")
+        if self.image_size <= 0 or self.num_workers < 0:
+            raise ValueError("data.image_size must be > 0 and data.num_workers >= 0")
+
 
 @dataclasses.dataclass
 class OptimConfig:
@@ -135,6 +141,12 @@ class OptimConfig:
     step_milestones: list[int] = dataclasses.field(default_factory=list)
     step_gamma: float = 0.1
     grad_clip: float = 1.0  # 0 = off
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("cosine", "step", "constant"):
+            raise ValueError(f"optim.schedule {self.schedule!r}: choose cosine, step or constant")
+        if self.lr <= 0 or self.warmup_steps < 0 or self.grad_clip < 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError("optim needs lr > 0, warmup_steps >= 0, grad_clip >= 0 (0 = off), 0 <= min_lr_ratio <= 1")
 
 
 @dataclasses.dataclass
@@ -164,3 +176,19 @@ class TrainConfig:
     log_every: int = 10
     seed: int = 0
     tensorboard: bool = False
+    # "auto": continue from the newest checkpoint in out_dir/checkpoints if there is one; "never": start fresh
+    # (refused if checkpoints exist, so nothing is overwritten); "always": a checkpoint must exist.
+    resume: str = "auto"
+
+    def __post_init__(self) -> None:
+        choices = {"precision": ("fp32", "bf16"), "strategy": ("none", "ddp", "fsdp"),
+                   "resume": ("auto", "never", "always")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r}: choose one of {allowed}")
+        if self.steps < 0 or self.batch_size <= 0 or self.grad_accum <= 0:
+            raise ValueError("steps must be >= 0, batch_size and grad_accum > 0")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay={self.ema_decay} must be in [0, 1) (0 disables EMA)")
+        if self.ckpt_every < 0 or self.log_every <= 0 or self.keep_last <= 0:
+            raise ValueError("ckpt_every must be >= 0 (0 = only at the end), log_every and keep_last > 0")

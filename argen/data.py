@@ -1,0 +1,298 @@
+"""Datasets: Fashion-MNIST (IDX files), ImageFolder trees, and pre-extracted token datasets.
+
+Image datasets yield `(img_CHW float in [-1, 1], label int)`; token datasets yield `(codes_L int64, label int)`.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from argen.config import DataConfig
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+_FMNIST_PREFIX = {"train": "train", "test": "t10k"}
+_IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm"}
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+# ------------------------------------------------------------------------------------------- Fashion-MNIST
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read an IDX file (gzip-compressed or raw, detected from its first bytes) into a numpy array."""
+    path = Path(path)
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise ValueError(f"{path} is not an IDX file (bad magic number {raw[:4].hex()})")
+    ndim = raw[3]
+    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">i4", count=ndim, offset=4))
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    data = np.frombuffer(raw, dtype=dtype, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise ValueError(f"{path} is truncated: header says {dims}, found {data.size} values")
+    return data.reshape(dims).astype(dtype.newbyteorder("="))
+
+
+def _find_idx(root: Path, stem: str) -> Path:
+    for name in (stem + ".gz", stem):
+        if (root / name).is_file():
+            return root / name
+    raise ValueError(
+        f"Fashion-MNIST file {stem}[.gz] not found in {root}. Install the Debian package "
+        f"`dataset-fashion-mnist` (apt-get install dataset-fashion-mnist, files under {FASHION_MNIST_DIR}) "
+        "or point data.root at a directory holding train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
+        "t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz (raw or gzipped)."
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _load_fmnist(root: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    prefix = _FMNIST_PREFIX[split]
+    images = read_idx(_find_idx(Path(root), f"{prefix}-images-idx3-ubyte"))
+    labels = read_idx(_find_idx(Path(root), f"{prefix}-labels-idx1-ubyte"))
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise ValueError(
+            f"Fashion-MNIST files in {root} disagree: images {images.shape}, labels {labels.shape}"
+        )
+    return images, labels.astype(np.int64)
+
+
+class FashionMNIST(Dataset):
+    """Fashion-MNIST as 1 x image_size x image_size in [-1, 1], padded with the background value (black).
+
+    Args:
+        root: directory with the four IDX files (default: the Debian package's location).
+        split: "train" (60k) or "test" (10k).
+        image_size: >= 28; the 28x28 image is centred on a black canvas (32 gives the 16x16 token grid).
+    """
+
+    def __init__(self, root: str | Path | None = None, split: str = "train", image_size: int = 32):
+        if split not in _FMNIST_PREFIX:
+            raise ValueError(f"Fashion-MNIST split must be one of {sorted(_FMNIST_PREFIX)}, got {split!r}")
+        root = Path(root) if root is not None else FASHION_MNIST_DIR
+        if not root.is_dir():
+            _find_idx(root, f"{_FMNIST_PREFIX[split]}-images-idx3-ubyte")  # raises the install hint
+        images, labels = _load_fmnist(str(root), split)
+        h, w = images.shape[1:]
+        if image_size < max(h, w):
+            raise ValueError(f"image_size {image_size} is smaller than the {h}x{w} Fashion-MNIST images")
+        top, left = (image_size - h) // 2, (image_size - w) // 2
+        canvas = np.zeros((len(images), image_size, image_size), dtype=np.uint8)  # 0 = background
+        canvas[:, top : top + h, left : left + w] = images
+        self.images_NHW = torch.from_numpy(canvas)
+        self.labels_N = torch.from_numpy(labels)
+        self.classes = FASHION_MNIST_CLASSES
+
+    def __len__(self) -> int:
+        return len(self.labels_N)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        img = self.images_NHW[i].float().div(127.5).sub(1.0)
+        return img.unsqueeze(0), int(self.labels_N[i])
+
+
+# --------------------------------------------------------------------------------------------- ImageFolder
+def center_crop_resize(img: Any, size: int) -> Any:
+    """Largest centred square of a PIL image, resized to size x size (bicubic)."""
+    from PIL import Image
+
+    w, h = img.size
+    s = min(w, h)
+    left, top = (w - s) // 2, (h - s) // 2
+    return img.crop((left, top, left + s, top + s)).resize((size, size), Image.BICUBIC)
+
+
+def ten_crops(img: Any, size: int, ratio: float = 1.125) -> list[Any]:
+    """Ten size x size crops (4 corners + centre, and their mirror images) after resizing the short side.
+
+    The short side is resized to round(size * ratio) so the crops differ by a few pixels of translation.
+    """
+    from PIL import Image
+
+    w, h = img.size
+    short = round(size * ratio)
+    img = img.resize((max(short, round(w * short / h)), max(short, round(h * short / w))), Image.BICUBIC)
+    w, h = img.size
+    boxes = [(0, 0), (w - size, 0), (0, h - size), (w - size, h - size), ((w - size) // 2, (h - size) // 2)]
+    crops = [img.crop((x, y, x + size, y + size)) for x, y in boxes]
+    return crops + [c.transpose(Image.FLIP_LEFT_RIGHT) for c in crops]
+
+
+class ImageFolder(Dataset):
+    """Images in `root/<class>/<file>` (class names sorted -> label ids), RGB in [-1, 1], (3, size, size).
+
+    Args:
+        root: the class-folder tree.
+        image_size: output side.
+        ten_crop: augmentation: each access returns one of the ten crops of `ten_crops`, chosen at random
+            (from torch's RNG, so it follows the trainer's seeding); otherwise a deterministic centre crop.
+    """
+
+    def __init__(self, root: str | Path, image_size: int = 256, ten_crop: bool = False):
+        root = Path(root)
+        if not root.is_dir():
+            raise ValueError(
+                f"ImageFolder root {root} is not a directory (expected one sub-folder per class)"
+            )
+        self.classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        self.samples = [
+            (f, label)
+            for label, c in enumerate(self.classes)
+            for f in sorted((root / c).rglob("*"))
+            if f.suffix.lower() in _IMAGE_EXTS and f.is_file()
+        ]
+        if not self.samples:
+            raise ValueError(f"no images ({', '.join(sorted(_IMAGE_EXTS))}) found under {root}/<class>/")
+        self.image_size = image_size
+        self.ten_crop = ten_crop
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        from PIL import Image
+
+        path, label = self.samples[i]
+        with Image.open(path) as im:
+            img = im.convert("RGB")
+        if self.ten_crop:
+            img = ten_crops(img, self.image_size)[int(torch.randint(10, ()))]
+        else:
+            img = center_crop_resize(img, self.image_size)
+        arr = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())
+        return arr.permute(2, 0, 1).float().div(127.5).sub(1.0), label
+
+
+# ------------------------------------------------------------------------------------------ token datasets
+@torch.no_grad()
+def extract_tokens(
+    encode_fn: Callable[[torch.Tensor], torch.Tensor],
+    dataset: Dataset,
+    path: str | Path,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    metadata: dict[str, Any] | None = None,
+    num_workers: int = 0,
+) -> Path:
+    """Tokenize an image dataset once and write an `.npz` token dataset.
+
+    Args:
+        encode_fn: images (B, C, H, W) in [-1, 1] on `device` -> integer codes (B, L) or (B, h, w).
+        dataset: items (img_CHW, label).
+        path: output `.npz` (written atomically).
+        metadata: JSON-able facts stored with the codes (tokenizer file, grid, codebook size, ...).
+
+    Returns:
+        The written path. File keys: codes (N, L) int16/int32, labels (N,) int64, metadata (JSON string).
+    """
+    from tqdm.auto import tqdm
+
+    path = Path(path).with_suffix(".npz")
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    codes, labels = [], []
+    for img_BCHW, label_B in tqdm(loader, desc=f"tokenizing -> {path.name}", unit="batch"):
+        code = encode_fn(img_BCHW.to(device))
+        codes.append(code.reshape(code.shape[0], -1).to("cpu", torch.int64).numpy())
+        labels.append(torch.as_tensor(label_B).to(torch.int64).numpy())
+    if not codes:
+        raise ValueError("extract_tokens got an empty dataset")
+    codes_NL = np.concatenate(codes)
+    grid = tuple(code.shape[1:])
+    meta = {"grid": list(grid), "num_items": len(codes_NL), **(metadata or {})}
+    dtype = np.int16 if codes_NL.size and codes_NL.min() >= 0 and codes_NL.max() < 2**15 else np.int32
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        np.savez(
+            f,
+            codes=codes_NL.astype(dtype),
+            labels=np.concatenate(labels),
+            metadata=np.array(json.dumps(meta)),
+        )
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+    return path
+
+
+class TokenDataset(Dataset):
+    """A token dataset written by `extract_tokens`; needs no tokenizer. Items: (codes_L int64, label int)."""
+
+    def __init__(self, path: str | Path):
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(
+                f"token dataset {path} not found; create it with `argen tokenize` (extract_tokens)"
+            )
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                self.codes_NL = torch.from_numpy(f["codes"].astype(np.int64))
+                self.labels_N = torch.from_numpy(f["labels"].astype(np.int64))
+                self.metadata: dict[str, Any] = json.loads(str(f["metadata"])) if "metadata" in f else {}
+        except (KeyError, OSError, ValueError) as e:
+            raise ValueError(
+                f"{path} is not a token dataset with codes/labels arrays ({e}); re-extract it"
+            ) from e
+        if self.codes_NL.ndim != 2 or len(self.codes_NL) != len(self.labels_N):
+            raise ValueError(
+                f"{path}: codes {tuple(self.codes_NL.shape)} and labels {tuple(self.labels_N.shape)} "
+                "do not match; re-extract it"
+            )
+
+    def __len__(self) -> int:
+        return len(self.labels_N)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.codes_NL[i], int(self.labels_N[i])
+
+
+# ---------------------------------------------------------------------------------------------- dispatch
+def build_image_dataset(cfg: DataConfig) -> Dataset:
+    """Image dataset for `cfg.source` in {"fashion_mnist", "imagefolder"}; items (img_CHW in [-1, 1], label)."""
+    if cfg.source == "fashion_mnist":
+        return FashionMNIST(cfg.root, cfg.split, cfg.image_size)
+    if cfg.source == "imagefolder":
+        if cfg.root is None:
+            raise ValueError("data.root must name the ImageFolder directory (root/<class>/<image>)")
+        root = Path(cfg.root)
+        if (root / cfg.split).is_dir():
+            root = root / cfg.split  # ImageNet layout: root/train/<class>, root/val/<class>
+        elif cfg.split != "train":
+            raise ValueError(
+                f"split {cfg.split!r}: no folder {root / cfg.split}; the root itself is the train split"
+            )
+        return ImageFolder(root, cfg.image_size, cfg.ten_crop)
+    raise ValueError(f"data.source {cfg.source!r} is not an image source; use fashion_mnist or imagefolder")
+
+
+def build_dataset(cfg: DataConfig) -> Dataset:
+    """Any dataset by `cfg.source`: fashion_mnist | imagefolder (images) | tokens (root = the .npz file)."""
+    if cfg.source == "tokens":
+        if cfg.root is None:
+            raise ValueError("data.root must name the token .npz file written by `argen tokenize`")
+        return TokenDataset(cfg.root)
+    if cfg.source in ("fashion_mnist", "imagefolder"):
+        return build_image_dataset(cfg)
+    raise ValueError(f"unknown data.source {cfg.source!r}; choose fashion_mnist, imagefolder or tokens")
