@@ -1,0 +1,66 @@
+"""Transformer building blocks shared by the GPT models: RMSNorm, SwiGLU, label embedder, adaLN.
+
+Shape legend: B batch, L positions, D width, F SwiGLU hidden width.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def swiglu_hidden(dim: int, multiple_of: int = 256) -> int:
+    """LlamaGen's SwiGLU width: int(2 * 4d / 3) rounded up to a multiple of `multiple_of`."""
+    hidden = int(2 * (4 * dim) / 3)
+    return -(-hidden // multiple_of) * multiple_of
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * weight, normalised in float32 (eps inside the square root)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x_BLD: torch.Tensor) -> torch.Tensor:
+        xf = x_BLD.float()
+        out = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return out.type_as(x_BLD) * self.weight
+
+
+class SwiGLU(nn.Module):
+    """w2(silu(w1 x) * w3 x), no biases (LlamaGen `feed_forward`)."""
+
+    def __init__(self, dim: int, hidden: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden, bias=False)
+        self.w3 = nn.Linear(dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, dim, bias=False)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x_BLD: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.w2(F.silu(self.w1(x_BLD)) * self.w3(x_BLD)))
+
+
+class LabelEmbedder(nn.Module):
+    """Class embedding table with one extra null row (id = num_classes) for classifier-free guidance."""
+
+    def __init__(self, num_classes: int, dim: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.embedding_table = nn.Embedding(num_classes + 1, dim)
+
+    def forward(self, labels_B: torch.Tensor) -> torch.Tensor:
+        return self.embedding_table(labels_B)
+
+    def drop(
+        self, labels_B: torch.Tensor, prob: float, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Replace each label by the null id with probability `prob` (label dropout for CFG training)."""
+        if prob <= 0:
+            return labels_B
+        device = generator.device if generator is not None else labels_B.device
+        u = torch.rand(labels_B.shape, generator=generator, device=device).to(labels_B.device)
+        return torch.where(u < prob, self.num_classes, labels_B)
