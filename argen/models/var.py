@@ -1,0 +1,449 @@
+"""VAR: next-scale prediction transformer, loadable from the official checkpoints (var_d16..d30).
+
+Shape legend: B batch, L tokens over all scales, l tokens of one scale, C width, D condition width (= C),
+H heads, Dh head dim, V vocabulary, Cv VQVAE channels, S scales, E = 6 modulation vectors.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from argen.models.checkpoints import drop_keys, load_strict, read_official, register
+from argen.nn.attention import attention
+from argen.nn.kv_cache import kv_caches
+from argen.nn.masks import group_mask, groups_from_sizes
+
+# Official attention clamps its learnable log-scale at log(100), computed in fp32.
+MAX_LOG_SCALE = torch.tensor(100.0).log().item()
+# Buffers of the official state dict that argen derives from the config (accepted, never required).
+DERIVED_BUFFERS = (r"lvl_1L", r"attn_bias_for_masking", r"blocks\.\d+\.attn\.zero_k_bias")
+
+Mods = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class VARConfig:
+    """VAR transformer.
+
+    depth: number of AdaLN blocks; width (C) defaults to 64*depth and heads to depth (the official rule).
+    vocab_size / vae_channels / patch_nums: must match the multi-scale VQVAE (V, Cvae, scales).
+    num_classes: class labels; the class table has one extra "null" row for classifier-free guidance.
+    attn_l2_norm: cosine attention with a learnable per-head scale (official True); False = 0.25/sqrt(Dh).
+    shared_aln: one modulation Linear shared by all blocks plus a per-block learned offset `ada_gss`.
+    drop_path_rate: stochastic depth, linearly increasing over blocks (official 0.1*depth/24 in training).
+    """
+
+    depth: int = 16
+    width: int | None = None
+    heads: int | None = None
+    vocab_size: int = 4096
+    vae_channels: int = 32
+    patch_nums: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
+    num_classes: int = 1000
+    mlp_ratio: float = 4.0
+    attn_l2_norm: bool = True
+    shared_aln: bool = False
+    norm_eps: float = 1e-6
+    drop_path_rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.patch_nums = tuple(int(p) for p in self.patch_nums)
+        if self.depth < 1:
+            raise ValueError(f"depth must be >= 1, got {self.depth}")
+        if self.dim % self.num_heads:
+            raise ValueError(
+                f"width {self.dim} must be divisible by heads {self.num_heads}; set width or heads"
+            )
+        if (
+            not self.patch_nums
+            or any(b <= a for a, b in zip(self.patch_nums, self.patch_nums[1:], strict=False))
+            or self.patch_nums[0] < 1
+        ):
+            raise ValueError(f"patch_nums must be strictly increasing positive sizes, got {self.patch_nums}")
+        if self.vocab_size < 2 or self.vae_channels < 1 or self.num_classes < 1:
+            raise ValueError("vocab_size >= 2, vae_channels >= 1 and num_classes >= 1 are required")
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+
+    @property
+    def dim(self) -> int:
+        return self.width if self.width else 64 * self.depth
+
+    @property
+    def num_heads(self) -> int:
+        return self.heads if self.heads else self.depth
+
+    @property
+    def hidden(self) -> int:
+        return round(self.dim * self.mlp_ratio)
+
+    @property
+    def scale_sizes(self) -> tuple[int, ...]:
+        return tuple(p * p for p in self.patch_nums)
+
+    @property
+    def seq_len(self) -> int:
+        return sum(self.scale_sizes)
+
+    @property
+    def scale_bounds(self) -> tuple[tuple[int, int], ...]:
+        """(begin, end) token range of each scale in the full sequence."""
+        ends = [sum(self.scale_sizes[: i + 1]) for i in range(len(self.patch_nums))]
+        return tuple(zip([0, *ends[:-1]], ends, strict=True))
+
+
+_IMAGENET = dict(vocab_size=4096, vae_channels=32, num_classes=1000)
+PRESETS: dict[str, dict] = {
+    "debug": dict(
+        depth=2, width=64, heads=2, vocab_size=64, vae_channels=8, patch_nums=(1, 2, 3, 4), num_classes=10
+    ),
+    "S": dict(depth=12, **_IMAGENET),
+    "d16": dict(depth=16, **_IMAGENET),
+    "d20": dict(depth=20, **_IMAGENET),
+    "d24": dict(depth=24, **_IMAGENET),
+    "d30": dict(depth=30, **_IMAGENET),
+    # Fashion-MNIST 32x32 with a /2 multi-scale VQVAE: the ImageNet-256 16x16 token grid and scales.
+    "fmnist": dict(depth=6, vocab_size=4096, vae_channels=32, num_classes=10),
+}
+
+
+def var_config(preset: str, **overrides) -> VARConfig:
+    """Config of a named preset with field overrides."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown VAR preset {preset!r}; choose one of {sorted(PRESETS)}")
+    return VARConfig(**{**PRESETS[preset], **overrides})
+
+
+def _drop_path(x_BLC: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    if p == 0.0 or not training:
+        return x_BLC
+    keep_B11 = x_BLC.new_empty(x_BLC.shape[0], 1, 1).bernoulli_(1 - p)
+    return x_BLC * keep_B11 / (1 - p)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with q/v biases (zero k bias) and optional cosine (l2-normalised) scores.
+
+    While `self.cache` holds a `KVCache` (set by `VAR.kv_caches`), keys/values are written at `pos_l` and the
+    queries read the cache prefix `[0, end)`.
+    """
+
+    def __init__(self, config: VARConfig) -> None:
+        super().__init__()
+        C, H = config.dim, config.num_heads
+        self.num_heads, self.head_dim, self.l2_norm = H, C // H, config.attn_l2_norm
+        self.mat_qkv = nn.Linear(C, 3 * C, bias=False)
+        self.q_bias = nn.Parameter(torch.zeros(C))
+        self.v_bias = nn.Parameter(torch.zeros(C))
+        if self.l2_norm:
+            self.scale_mul_1H11 = nn.Parameter(torch.full((1, H, 1, 1), 4.0).log())
+        self.proj = nn.Linear(C, C)
+        self.cache = None
+
+    def forward(
+        self,
+        x_BLC: torch.Tensor,
+        mask_LS: torch.Tensor | None = None,
+        pos_l: torch.Tensor | None = None,
+        end: int | None = None,
+    ) -> torch.Tensor:
+        """(B, L, C) -> (B, L, C). `mask_LS` for teacher forcing; `pos_l`/`end` when a cache is attached."""
+        B, L, C = x_BLC.shape
+        bias = torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias))
+        qkv = F.linear(x_BLC, self.mat_qkv.weight, bias).view(B, L, 3, self.num_heads, self.head_dim)
+        q_BHLD, k_BHLD, v_BHLD = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        scale = 0.25 / math.sqrt(self.head_dim)
+        if self.l2_norm:
+            scale = 1.0
+            q_BHLD = F.normalize(q_BHLD, dim=-1) * self.scale_mul_1H11.clamp_max(MAX_LOG_SCALE).exp()
+            k_BHLD = F.normalize(k_BHLD, dim=-1)
+        if self.cache is not None:
+            if pos_l is None or end is None:
+                raise ValueError("a cached attention step needs the positions `pos_l` and prefix `end`")
+            k_all, v_all = self.cache.update(pos_l, k_BHLD, v_BHLD)
+            k_BHLD, v_BHLD = k_all[:, :, :end], v_all[:, :, :end]
+        out_BHLD = attention(q_BHLD, k_BHLD, v_BHLD, mask_LS, scale=scale)
+        return self.proj(out_BHLD.transpose(1, 2).reshape(B, L, C))
+
+
+class FFN(nn.Module):
+    """fc1 C->4C, GELU(tanh), fc2 4C->C. ActVAR splits fc1 rows / fc2 columns into experts."""
+
+    def __init__(self, config: VARConfig) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(config.dim, config.hidden)
+        self.act = nn.GELU(approximate="tanh")
+        self.fc2 = nn.Linear(config.hidden, config.dim)
+
+    def forward(self, x_BLC: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x_BLC)))
+
+
+class AdaLNBlock(nn.Module):
+    """Pre-norm transformer block modulated by the class condition (AdaLN-Zero style, official layout).
+
+    `h = x + gamma1 * attn(norm(x) * (1 + scale1) + shift1)`; `out = h + gamma2 * ffn(norm(h) * (1 + scale2)
+    + shift2)`. The three steps are separate methods so subclasses (ActVAR) can replace the FFN branch, or run
+    a branch on a subset of tokens, without touching the rest:
+    `modulation(cond)` -> 6 vectors, `attn_branch(x, mods, ...)` / `ffn_branch(x, mods)` -> residual updates.
+    """
+
+    def __init__(self, config: VARConfig, drop_path: float = 0.0) -> None:
+        super().__init__()
+        C = config.dim
+        self.dim, self.drop_path, self.shared_aln = C, drop_path, config.shared_aln
+        self.attn = SelfAttention(config)
+        self.ffn = FFN(config)
+        self.ln_wo_grad = nn.LayerNorm(C, eps=config.norm_eps, elementwise_affine=False)
+        if config.shared_aln:
+            self.ada_gss = nn.Parameter(torch.randn(1, 1, 6, C) / C**0.5)
+        else:
+            self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(C, 6 * C))
+
+    def modulation(self, cond: torch.Tensor) -> Mods:
+        """gamma1, gamma2, scale1, scale2, shift1, shift2, each (B, 1, C).
+
+        Args:
+            cond: (B, D) class embedding, or (B, 1, 6, C) output of the shared modulation when `shared_aln`.
+        """
+        if self.shared_aln:
+            return tuple((self.ada_gss + cond).unbind(2))
+        return tuple(self.ada_lin(cond).view(-1, 1, 6, self.dim).unbind(2))
+
+    def attn_branch(
+        self,
+        x_BLC: torch.Tensor,
+        mods: Mods,
+        mask_LS: torch.Tensor | None = None,
+        pos_l: torch.Tensor | None = None,
+        end: int | None = None,
+    ) -> torch.Tensor:
+        """Gated attention update (B, L, C), to be added to `x_BLC`."""
+        gamma1, _, scale1, _, shift1, _ = mods
+        h_BLC = self.ln_wo_grad(x_BLC).mul(scale1.add(1)).add_(shift1)
+        return self.attn(h_BLC, mask_LS, pos_l, end).mul_(gamma1)
+
+    def ffn_branch(self, x_BLC: torch.Tensor, mods: Mods) -> torch.Tensor:
+        """Gated FFN update (B, L, C), to be added to `x_BLC`."""
+        _, gamma2, _, scale2, _, shift2 = mods
+        h_BLC = self.ln_wo_grad(x_BLC).mul(scale2.add(1)).add_(shift2)
+        return self.ffn(h_BLC).mul(gamma2)
+
+    def forward(
+        self,
+        x_BLC: torch.Tensor,
+        mods: Mods,
+        mask_LS: torch.Tensor | None = None,
+        pos_l: torch.Tensor | None = None,
+        end: int | None = None,
+    ) -> torch.Tensor:
+        x_BLC = x_BLC + _drop_path(
+            self.attn_branch(x_BLC, mods, mask_LS, pos_l, end), self.drop_path, self.training
+        )
+        return x_BLC + _drop_path(self.ffn_branch(x_BLC, mods), self.drop_path, self.training)
+
+
+class AdaLNBeforeHead(nn.Module):
+    """Final LayerNorm (no affine) modulated by scale/shift from the class condition."""
+
+    def __init__(self, config: VARConfig) -> None:
+        super().__init__()
+        C = config.dim
+        self.dim = C
+        self.ln_wo_grad = nn.LayerNorm(C, eps=config.norm_eps, elementwise_affine=False)
+        self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(C, 2 * C))
+
+    def forward(self, x_BLC: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
+        scale_B1C, shift_B1C = self.ada_lin(cond_BD).view(-1, 1, 2, self.dim).unbind(2)
+        return self.ln_wo_grad(x_BLC).mul(scale_B1C.add(1)).add_(shift_B1C)
+
+
+@register("var", VARConfig)
+class VAR(nn.Module):
+    """Class-conditional next-scale predictor (VAR), key-compatible with the official checkpoints.
+
+    Teacher forcing: `forward(labels_B, var_input_BLCv)` over a block-causal mask (each scale sees itself and
+    all coarser scales). Sampling: inside `with model.kv_caches(...)`, `step(si, x_BlC, cond_BD, mods)` runs
+    one scale against the static cache (see `argen.sampling.next_scale`).
+    """
+
+    def __init__(self, config: VARConfig) -> None:
+        super().__init__()
+        self.config = config
+        C, S = config.dim, len(config.patch_nums)
+        self.word_embed = nn.Linear(config.vae_channels, C)
+        self.class_emb = nn.Embedding(config.num_classes + 1, C)
+        self.pos_start = nn.Parameter(torch.empty(1, config.scale_sizes[0], C))
+        self.pos_1LC = nn.Parameter(torch.empty(1, config.seq_len, C))
+        self.lvl_embed = nn.Embedding(S, C)
+        if config.shared_aln:
+            self.shared_ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(C, 6 * C))
+        rates = [config.drop_path_rate * i / max(config.depth - 1, 1) for i in range(config.depth)]
+        self.blocks = nn.ModuleList(AdaLNBlock(config, drop_path=r) for r in rates)
+        self.head_nm = AdaLNBeforeHead(config)
+        self.head = nn.Linear(C, config.vocab_size)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(
+        self, init_adaln: float = 0.5, init_adaln_gamma: float = 1e-5, init_head: float = 0.02
+    ) -> None:
+        """Official VAR initialisation: truncated normal std sqrt(1/(3C)), scaled residual projections,
+        tiny gates (gamma) so every block starts close to the identity, small head."""
+        C, std = self.config.dim, math.sqrt(1 / self.config.dim / 3)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=std)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Embedding):
+                nn.init.trunc_normal_(m.weight, std=std)
+        for p in (self.pos_start, self.pos_1LC):
+            nn.init.trunc_normal_(p, std=std)
+        self.head.weight.mul_(init_head)
+        self.head_nm.ada_lin[-1].weight.mul_(init_adaln)
+        depth = self.config.depth
+        for block in self.blocks:
+            block.attn.proj.weight.div_(math.sqrt(2 * depth))
+            block.ffn.fc2.weight.div_(math.sqrt(2 * depth))
+            if block.attn.l2_norm:
+                block.attn.scale_mul_1H11.fill_(math.log(4.0))
+            if self.config.shared_aln:
+                block.ada_gss.copy_(torch.randn_like(block.ada_gss) / C**0.5)
+                block.ada_gss[:, :, 2:].mul_(init_adaln)
+                block.ada_gss[:, :, :2].mul_(init_adaln_gamma)
+            else:
+                block.ada_lin[-1].weight[2 * C :].mul_(init_adaln)
+                block.ada_lin[-1].weight[: 2 * C].mul_(init_adaln_gamma)
+
+    # ------------------------------------------------------------------------------------------ pieces
+    def scale_ids(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """(L,) scale index of every token position."""
+        return groups_from_sizes(self.config.scale_sizes, device=device)
+
+    def block_causal_mask(self, length: int, device: torch.device | str | None = None) -> torch.Tensor:
+        """(length, length) boolean mask: a token sees its own scale and all coarser ones."""
+        ids_L = self.scale_ids(device)[:length]
+        return group_mask(ids_L)
+
+    def lvl_pos(self) -> torch.Tensor:
+        """(1, L, C) level embedding plus absolute position embedding of every position."""
+        return self.lvl_embed(self.scale_ids(self.pos_1LC.device))[None] + self.pos_1LC
+
+    def block_mods(self, cond_BD: torch.Tensor) -> list[Mods]:
+        """Per-block modulation vectors for condition (B, D); constant over scales, so samplers reuse them."""
+        if self.config.shared_aln:
+            cond = self.shared_ada_lin(cond_BD).view(-1, 1, 6, self.config.dim)
+            return [b.modulation(cond) for b in self.blocks]
+        return [b.modulation(cond_BD) for b in self.blocks]
+
+    def first_scale_input(self, cond_BD: torch.Tensor, lvl_pos_1LC: torch.Tensor) -> torch.Tensor:
+        """(B, first_l, C) input of scale 0: class embedding + pos_start + level/position embedding."""
+        first_l = self.config.scale_sizes[0]
+        sos_BlC = cond_BD[:, None].expand(-1, first_l, -1) + self.pos_start
+        return sos_BlC + lvl_pos_1LC[:, :first_l]
+
+    def next_scale_input(self, si: int, next_BlCv: torch.Tensor, lvl_pos_1LC: torch.Tensor) -> torch.Tensor:
+        """(B, l, C) input of scale `si` (>= 1) from the VQVAE's (B, l, Cv) downsampled f_hat."""
+        begin, end = self.config.scale_bounds[si]
+        return self.word_embed(next_BlCv) + lvl_pos_1LC[:, begin:end]
+
+    def logits(self, x_BLC: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
+        """(B, L, C) hidden states -> (B, L, V) logits (float32)."""
+        return self.head(self.head_nm(x_BLC.float(), cond_BD)).float()
+
+    # ------------------------------------------------------------------------------------- entry points
+    def forward(self, labels_B: torch.Tensor, var_input_BLCv: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing over all scales, or over the first k scales when the input is that prefix.
+
+        Args:
+            labels_B: (B,) int64 class ids; `num_classes` is the null (unconditional) label. Label dropout is
+                the objective's job.
+            var_input_BLCv: (B, L' - first_l, Cv) VQVAE `idxBl_to_var_input` (or its first-k-scales prefix).
+
+        Returns:
+            (B, L', V) float32 logits; position i predicts token i of the multi-scale sequence.
+        """
+        cfg = self.config
+        length = cfg.scale_sizes[0] + var_input_BLCv.shape[1]
+        if length not in [end for _, end in cfg.scale_bounds]:
+            raise ValueError(
+                f"var input covers {length} tokens; it must end on a scale boundary "
+                f"{[end for _, end in cfg.scale_bounds]} (patch_nums {cfg.patch_nums})"
+            )
+        cond_BD = self.class_emb(labels_B)
+        sos_BlC = cond_BD[:, None].expand(-1, cfg.scale_sizes[0], -1) + self.pos_start
+        x_BLC = torch.cat((sos_BlC, self.word_embed(var_input_BLCv.float())), dim=1)
+        x_BLC = x_BLC + self.lvl_pos()[:, :length]
+        mask_LL = self.block_causal_mask(length, x_BLC.device)
+        for block, mods in zip(self.blocks, self.block_mods(cond_BD), strict=True):
+            x_BLC = block(x_BLC, mods, mask_LL)
+        return self.logits(x_BLC, cond_BD)
+
+    @contextmanager
+    def kv_caches(
+        self, batch: int, dtype: torch.dtype | None = None, device: torch.device | str | None = None
+    ) -> Iterator[None]:
+        """Attach a static (B, H, L, Dh) KV cache to every block for one sampling run."""
+        p = self.pos_1LC
+        with kv_caches(
+            [b.attn for b in self.blocks],
+            batch,
+            self.config.num_heads,
+            self.config.seq_len,
+            self.config.dim // self.config.num_heads,
+            dtype or p.dtype,
+            device or p.device,
+        ):
+            yield
+
+    def step(self, si: int, x_BlC: torch.Tensor, cond_BD: torch.Tensor, mods: list[Mods]) -> torch.Tensor:
+        """One cached scale: write K/V of scale `si`, attend to scales <= si, return (B, l, V) logits.
+
+        Args:
+            si: scale index; scales must be fed in order 0, 1, ... within one `kv_caches` block.
+            x_BlC: (B, l, C) scale input (`first_scale_input` / `next_scale_input`).
+            cond_BD: (B, D) class embedding. mods: `block_mods(cond_BD)`.
+        """
+        begin, end = self.config.scale_bounds[si]
+        pos_l = torch.arange(begin, end, device=x_BlC.device)
+        for block, block_mods in zip(self.blocks, mods, strict=True):
+            x_BlC = block(x_BlC, block_mods, None, pos_l, end)
+        return self.logits(x_BlC, cond_BD)
+
+
+# ---------------------------------------------------------------------------------------- official files
+def adapt_official_var_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Official VAR state dict -> argen VAR state dict (drops the derivable buffers; names are shared)."""
+    return drop_keys(state, DERIVED_BUFFERS)
+
+
+def load_official_var(path: str | Path, config: VARConfig, device: torch.device | str = "cpu") -> VAR:
+    """Load an official `var_d*.pth` (plain state dict, read weights-only) strictly into a VAR.
+
+    Args:
+        path: official checkpoint file (or a safetensors file with the same keys).
+        config: e.g. `var_config("d16")`; must match the file (depth, vocabulary, patch_nums).
+
+    Returns:
+        The VAR in eval mode on `device`.
+    """
+    state = adapt_official_var_state(read_official(path))
+    with torch.device("meta"):
+        model = VAR(config)
+    model = model.to_empty(device=device)
+    load_strict(model, state, source=str(path))
+    return model.eval()
+
+
+def num_params(model: nn.Module) -> int:
+    """Parameter count as the official code reports it (all parameters, no buffers)."""
+    return sum(p.numel() for p in model.parameters())
