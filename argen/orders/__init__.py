@@ -1,6 +1,6 @@
 """Generation orders (raster, spiral + schedules, random) as data."""
 
-from argen.orders.core import ORDERS, GenerationOrder, build_order, schedule_sizes
+from argen.orders.core import ORDERS, GenerationOrder, Step, build_order, schedule_sizes, step_plan
 from argen.orders.spiral import (
     random_partition,
     rings_schedule,
@@ -14,6 +14,7 @@ from argen.orders.spiral import (
 __all__ = [
     "ORDERS",
     "GenerationOrder",
+    "Step",
     "build_order",
     "random_partition",
     "rings_schedule",
@@ -22,5 +23,6 @@ __all__ = [
     "spiral_cells",
     "spiral_permutation",
     "square_prefix",
+    "step_plan",
     "steps_schedule",
 ]

@@ -139,3 +139,46 @@ def build_order(name: str, grid: int, schedule: Schedule = None, seed: int = 0) 
         raise ValueError(f"unknown order {name!r}; choose one of {ORDERS}")
     default = "sides" if name == "spiral" else "tokens:1"
     return GenerationOrder(perm, tuple(schedule_sizes(schedule, grid, default)), grid, name)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One sampling pass: the sequence positions whose real tokens are fed and those predicted.
+
+    cls: the pass starts with the class token (the first pass). In next_any mode the predicted positions
+    are fed as [MASK] slots; in next_token mode the logits of the last fed slot predict the next token.
+    """
+
+    fed: range
+    predicted: range
+    cls: bool
+
+
+def step_plan(order: GenerationOrder, mode: str, prefix_len: int = 0) -> list[Step]:
+    """The passes that sample `order` after `prefix_len` known tokens (one pass per group, or per token).
+
+    Args:
+        order: generation order; in next_token mode its grouping is ignored (one token per pass).
+        mode: "next_token" or "next_any".
+        prefix_len: known leading sequence tokens; in next_any mode it must be a group boundary.
+    """
+    length = order.length
+    if not 0 <= prefix_len < length:
+        raise ValueError(f"prefix length must be in [0, {length}), got {prefix_len}")
+    if mode == "next_token":
+        first = Step(range(0, prefix_len), range(prefix_len, prefix_len + 1), True)
+        return [first] + [
+            Step(range(t - 1, t), range(t, t + 1), False) for t in range(prefix_len + 1, length)
+        ]
+    if mode != "next_any":
+        raise ValueError(f"unknown mode {mode!r}")
+    bounds = order.bounds
+    if prefix_len not in bounds:
+        raise ValueError(
+            f"prefix of {prefix_len} tokens does not end on a step boundary of {list(order.group_sizes)}"
+        )
+    k = bounds.index(prefix_len)
+    steps = [Step(range(0, prefix_len), range(bounds[k], bounds[k + 1]), True)]
+    for g in range(k + 1, order.num_steps):
+        steps.append(Step(range(bounds[g - 1], bounds[g]), range(bounds[g], bounds[g + 1]), False))
+    return steps

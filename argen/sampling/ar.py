@@ -1,0 +1,186 @@
+"""KV-cached autoregressive sampling: raster next-token (LlamaGen) and next-any-tokens groups (EAR).
+
+Shape legend: B batch, L sequence positions (n*n), N slots fed in one pass, S visible cache positions,
+V vocabulary, K centre crop side.
+
+Cache layout: position 0 holds the class token, position 1 + j the token at sequence position j. In EAR
+mode a [MASK] slot predicting position j is written at 1 + j and overwritten by the real token one pass
+later, so a mask over the cache is plain block-causal over step ids.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from argen.models.gpt import CLS_ID, GPT, MASK_ID
+from argen.nn.masks import group_mask
+from argen.nn.rope import CLS_ROW
+from argen.orders import GenerationOrder, Step, build_order, square_prefix, step_plan
+from argen.sampling.logits import SamplingConfig, cfg_combine, cfg_scale_at, make_generator, sample_tokens
+
+
+@dataclass
+class SampleOutput:
+    """tokens_BL: raster-ordered tokens. snapshots: (B, L) raster tokens after each pass (-1 = not yet
+    generated), when asked. logits_BLV: guided logits per sequence position, when asked."""
+
+    tokens_BL: torch.Tensor
+    snapshots: list[torch.Tensor] = field(default_factory=list)
+    logits_BLV: torch.Tensor | None = None
+
+
+class GenerationProcess:
+    """Order + schedule + sampling rule, apart from the network that scores tokens.
+
+    Args:
+        order: which cell each sequence position holds and how positions group into passes.
+        sampling: CFG scale/schedule, temperature, top-k, top-p and seed.
+    """
+
+    def __init__(self, order: GenerationOrder, sampling: SamplingConfig | None = None) -> None:
+        self.order = order
+        self.sampling = sampling or SamplingConfig()
+
+    @classmethod
+    def for_model(
+        cls,
+        model: GPT,
+        sampling: SamplingConfig | None = None,
+        order: str | None = None,
+        schedule: str | int | list[int] | None = None,
+        grid: int | None = None,
+    ) -> GenerationProcess:
+        """The process a model was trained for (its config's order/schedule/grid), with optional changes."""
+        cfg = model.config
+        sched = cfg.schedule if schedule is None else schedule
+        return cls(build_order(order or cfg.order, grid or cfg.grid, sched), sampling)
+
+    def steps(self, model: GPT, prefix_len: int = 0) -> list[Step]:
+        return step_plan(self.order, model.config.mode, prefix_len)
+
+    def _key_groups(self, mode: str) -> torch.Tensor:
+        """Step id of every cache position (class token = 0)."""
+        if mode == "next_token":
+            return torch.arange(self.order.length + 1)
+        return torch.cat([torch.zeros(1, dtype=torch.long), self.order.group_id_L + 1])
+
+    def _slots(
+        self, model: GPT, step: Step, seq_BL: torch.Tensor, key_groups: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        """(ids_BN, pos_N, rows_N, cols_N, mask_NS, n_out) of one pass."""
+        b = seq_BL.shape[0]
+        rows_L, cols_L = model.cells(self.order)
+        fed = torch.tensor(list(step.fed), dtype=torch.long)
+        ids, pos, rows, cols = [seq_BL[:, fed]], [fed + 1], [rows_L[fed]], [cols_L[fed]]
+        if step.cls:
+            ids.insert(0, torch.full((b, 1), CLS_ID, dtype=torch.long, device=seq_BL.device))
+            pos.insert(0, torch.zeros(1, dtype=torch.long))
+            rows.insert(0, torch.tensor([CLS_ROW]))
+            cols.insert(0, torch.tensor([CLS_ROW]))
+        n_out = 1
+        if model.config.mode == "next_any":
+            pred = torch.tensor(list(step.predicted), dtype=torch.long)
+            ids.append(torch.full((b, len(pred)), MASK_ID, dtype=torch.long, device=seq_BL.device))
+            pos.append(pred + 1)
+            rows.append(rows_L[pred])
+            cols.append(cols_L[pred])
+            n_out = len(pred)
+        pos_N = torch.cat(pos)
+        s = int(pos_N.max()) + 1
+        mask_NS = group_mask(key_groups[pos_N], key_groups[:s])
+        return torch.cat(ids, dim=1), pos_N, torch.cat(rows), torch.cat(cols), mask_NS, n_out
+
+    @torch.no_grad()
+    def sample(
+        self,
+        model: GPT,
+        labels_B: torch.Tensor,
+        prefix_BP: torch.Tensor | None = None,
+        snapshots: bool = False,
+        return_logits: bool = False,
+    ) -> SampleOutput:
+        """Generate one image's tokens per label.
+
+        Args:
+            model: a GPT (eval mode).
+            labels_B: class ids.
+            prefix_BP: known leading tokens in sequence order (image extension / inpainting); in EAR mode P
+                must end on a step boundary.
+            snapshots: keep the raster token map after every pass (for a growth GIF).
+            return_logits: keep the guided logits of every sampled position (tests, analysis).
+
+        Returns:
+            SampleOutput with (B, L) raster tokens.
+        """
+        device = model.output.weight.device
+        cfg = self.sampling
+        labels_B = labels_B.to(device)
+        b, length = labels_B.shape[0], self.order.length
+        seq_BL = torch.full((b, length), -1, dtype=torch.long, device=device)
+        prefix_len = 0 if prefix_BP is None else prefix_BP.shape[1]
+        if prefix_len:
+            seq_BL[:, :prefix_len] = prefix_BP.to(device)
+        steps = self.steps(model, prefix_len)
+        key_groups = self._key_groups(model.config.mode)
+        labels_in = labels_B
+        if cfg.guided:
+            labels_in = torch.cat([labels_B, torch.full_like(labels_B, model.config.num_classes)])
+        gen = make_generator(cfg.seed, device)
+        out = SampleOutput(seq_BL)
+        logits_all = torch.zeros(b, length, model.config.vocab_size, device=device) if return_logits else None
+        with model.kv_cache(labels_in.shape[0], length + 1):
+            for i, step in enumerate(steps):
+                ids, pos, rows, cols, mask, n_out = self._slots(model, step, seq_BL, key_groups)
+                if cfg.guided:
+                    ids = torch.cat([ids, ids])
+                run = model.prefill if step.cls else model.decode_step
+                logits = run(ids, labels_in, pos, rows, cols, mask, n_out)
+                if cfg.guided:
+                    cond, uncond = logits.chunk(2)
+                    logits = cfg_combine(cond, uncond, cfg_scale_at(cfg, i, len(steps)))
+                pred = list(step.predicted)
+                seq_BL[:, pred] = sample_tokens(logits, gen, cfg.temperature, cfg.top_k, cfg.top_p)
+                if logits_all is not None:
+                    logits_all[:, pred] = logits
+                if snapshots:
+                    out.snapshots.append(self.order.to_raster(seq_BL).clone())
+        out.tokens_BL = self.order.to_raster(seq_BL)
+        out.logits_BLV = logits_all
+        return out
+
+
+def centre_prefix(order: GenerationOrder, centre_BKK: torch.Tensor) -> torch.Tensor:
+    """Sequence-order prefix placing a K x K token crop on the first K*K cells of a spiral order.
+
+    The first K*K spiral positions always cover a K x K square; it must also end on a step boundary.
+    """
+    k = centre_BKK.shape[-1]
+    square_prefix(list(order.group_sizes), k)
+    rows, cols = order.rows_L[: k * k], order.cols_L[: k * k]
+    r0, c0 = int(rows.min()), int(cols.min())
+    if int(rows.max()) - r0 != k - 1 or int(cols.max()) - c0 != k - 1:
+        raise ValueError(f"the first {k * k} positions of order {order.name!r} do not form a {k}x{k} square")
+    return centre_BKK[:, rows - r0, cols - c0]
+
+
+def extend_from_centre(
+    model: GPT,
+    labels_B: torch.Tensor,
+    centre_BKK: torch.Tensor,
+    process: GenerationProcess,
+    snapshots: bool = False,
+) -> SampleOutput:
+    """Image extension / centre-conditioned inpainting: keep a centre crop, continue the spiral outward.
+
+    With `process.order.grid` larger than the model's training grid this extends the canvas (needs
+    rope_mode "grid": relative phases of the crop are unchanged); with the same grid it fills the border.
+
+    Returns:
+        SampleOutput on the process's canvas (raster order); the centre tokens are the given ones.
+    """
+    if process.order.grid != model.config.grid and model.config.rope_mode != "grid":
+        raise ValueError("extending beyond the training canvas needs a model with rope_mode='grid'")
+    prefix = centre_prefix(process.order, centre_BKK)
+    return process.sample(model, labels_B, prefix_BP=prefix, snapshots=snapshots)
