@@ -8,6 +8,84 @@ from __future__ import annotations
 # ---------------------------------------------------------------------------------------------- tokenizers
 
 # ------------------------------------------------------------------------------------------ GPT (raster, EAR)
+def _gpt_model(model: dict):
+    from argen.models.gpt import GPT, gpt_config
+
+    overrides = dict(model)
+    net = GPT(gpt_config(overrides.pop("preset", "debug"), **overrides))
+    net.init_weights()
+    return net
+
+
+def _gpt_dataset(cfg):
+    from argen.data import build_dataset
+
+    if cfg.data.source != "tokens":
+        raise ValueError(
+            "the gpt task trains on pre-extracted tokens: set data.source=tokens and data.root to the .npz "
+            "written by `argen tokenize` with a single-scale tokenizer"
+        )
+    return build_dataset(cfg.data)
+
+
+_GPT_OPTION_KEYS = {
+    "order", "mode", "schedule", "randomize", "min_steps", "max_steps", "label_dropout", "step",
+}
+
+
+def gpt_training_order(cfg, opts: dict):
+    """The order used for one batch: the model's (or `opts`) order/schedule, or a random contiguous
+    partition of it when `randomize` is on (any-schedule EAR training)."""
+    from argen.orders import build_order, random_partition
+
+    unknown = set(opts) - _GPT_OPTION_KEYS
+    if unknown:
+        raise ValueError(
+            f"unknown gpt objective option(s) {sorted(unknown)}; valid: {sorted(_GPT_OPTION_KEYS)}"
+        )
+    if opts.get("mode", cfg.mode) != cfg.mode:
+        raise ValueError(f"objective mode {opts['mode']!r} differs from the model's mode {cfg.mode!r}")
+    order = build_order(opts.get("order", cfg.order), cfg.grid, opts.get("schedule", cfg.schedule))
+    if opts.get("randomize", False):
+        if cfg.mode != "next_any":
+            raise ValueError("randomized partitions need a next_any (EAR) model")
+        lo = int(opts.get("min_steps", 1))
+        hi = int(opts.get("max_steps", order.length))
+        order = order.with_sizes(random_partition(order.length, None, lo, hi))
+    return order
+
+
+def gpt_loss(model, batch, opts: dict) -> tuple:
+    """Cross-entropy on every predicted position (next token, or EAR [MASK] slots), with label dropout.
+
+    Batch: (codes_BL int64 in raster order, labels_B). Options: order ("raster" | "spiral" | "random"),
+    mode (must equal the model's), schedule ("sides" | "rings" | "tokens:K" | steps | sizes), randomize
+    (random contiguous partitions per batch; min_steps / max_steps), label_dropout (model default).
+    """
+    import torch.nn.functional as F
+
+    codes_BL, label_B = batch
+    net = getattr(model, "module", model)
+    cfg = net.config
+    if codes_BL.shape[1] != cfg.grid * cfg.grid:
+        raise ValueError(f"token codes have {codes_BL.shape[1]} positions; the model expects {cfg.grid}^2")
+    order = gpt_training_order(cfg, opts)
+    labels_B = net.cls_embedding.drop(label_B, float(opts.get("label_dropout", cfg.label_dropout)))
+    target_BL = order.to_sequence(codes_BL)
+    logits_BLV = model(target_BL, labels_B, order)
+    loss = F.cross_entropy(logits_BLV.reshape(-1, logits_BLV.shape[-1]), target_BL.reshape(-1))
+    acc = (logits_BLV.detach().argmax(-1) == target_BL).float().mean()
+    return loss, {"loss": float(loss.detach()), "acc": float(acc), "steps": float(order.num_steps)}
+
+
+def _register_gpt() -> None:
+    from argen.training.tasks import Task, register_task
+
+    register_task(Task("gpt", _gpt_model, _gpt_dataset, gpt_loss))
+
+
+_register_gpt()
+
 
 # --------------------------------------------------------------------------------------------------- VAR
 
