@@ -1,0 +1,352 @@
+"""The one trainer: any registered task, single process or torchrun (DDP / FSDP2), resumable bit for bit.
+
+Each optimizer step consumes `batch_size` samples: world_size ranks x grad_accum micro-batches. The data order
+is a pure function of (seed, step), so a resumed run sees exactly the batches an uninterrupted one would.
+Only rank 0 writes files (metrics.jsonl, config.json, checkpoints/, model.safetensors).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from argen.config import TrainConfig, to_dict
+from argen.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    barrier,
+    init_distributed,
+    launched_by_torchrun,
+    seed_everything,
+    wrap_model,
+)
+from argen.models.checkpoints import CheckpointError, load_strict, save_model
+from argen.training import checkpoint as ckpt
+from argen.training.ema import EMA
+from argen.training.optim import build_optimizer, build_scheduler
+from argen.training.tasks import Task, get_task
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss (or gradient norm) became NaN/inf; the run stopped before the optimizer step."""
+
+
+# --------------------------------------------------------------------------------------------------- data
+class _Window(Sampler[int]):
+    """Indices [start, stop) of a sampler's epoch order: resumes mid-epoch and drops the ragged tail."""
+
+    def __init__(self, base: Sampler[int], start: int, stop: int):
+        self.base, self.start, self.stop = base, start, stop
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(list(self.base)[self.start : self.stop])
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+def micro_batch_size(cfg: TrainConfig, world_size: int) -> int:
+    per = world_size * cfg.grad_accum
+    if cfg.batch_size % per:
+        raise ValueError(f"batch_size {cfg.batch_size} must be divisible by world_size x grad_accum = {per}")
+    return cfg.batch_size // per
+
+
+def step_batches(dataset: Dataset, cfg: TrainConfig, info: DistInfo, start_step: int) -> Iterator[list[Any]]:
+    """For each optimizer step from `start_step` on: this rank's list of grad_accum micro-batches.
+
+    Epoch e shuffles with DistributedSampler(seed=cfg.seed).set_epoch(e); step s reads its slice of that order.
+    """
+    mb = micro_batch_size(cfg, info.world_size)
+    sampler = DistributedSampler(
+        dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=cfg.seed, drop_last=True
+    )
+    per_step = mb * cfg.grad_accum
+    steps_per_epoch = len(sampler) // per_step
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"dataset of {len(dataset)} items is smaller than one global batch ({cfg.batch_size})"
+        )
+    step = start_step
+    while True:
+        epoch, offset = divmod(step, steps_per_epoch)
+        sampler.set_epoch(epoch)
+        window = _Window(sampler, offset * per_step, steps_per_epoch * per_step)
+        # A private generator keeps DataLoader from drawing on the global RNG (which the checkpoint restores).
+        loader = DataLoader(
+            dataset,
+            batch_size=mb,
+            sampler=window,
+            drop_last=True,
+            num_workers=cfg.data.num_workers,
+            generator=torch.Generator().manual_seed(cfg.seed),
+            pin_memory=info.device.type == "cuda",
+        )
+        it = iter(loader)
+        for _ in range(steps_per_epoch - offset):
+            yield [next(it) for _ in range(cfg.grad_accum)]
+            step += 1
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, list | tuple):
+        return type(batch)(_to_device(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+# -------------------------------------------------------------------------------------------- the run
+class _DDPView:
+    """What a task's loss sees under DDP: calls go through the DDP wrapper (so gradients are synchronised),
+    attributes (`.config`, helper methods) come from the user's module."""
+
+    def __init__(self, ddp: nn.Module):
+        self._ddp = ddp
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._ddp(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ddp.module, name)
+
+
+@dataclass
+class _Run:
+    cfg: TrainConfig
+    info: DistInfo
+    task: Task
+    model: nn.Module  # as wrapped (DDP / FSDP2 / plain)
+    module: nn.Module  # the user's module (same object as `model` under FSDP2 and "none")
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    ema: EMA | None
+    out: Path
+    step: int = 0
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.out / "checkpoints"
+
+    def loss_model(self) -> Any:
+        return _DDPView(self.model) if self.model is not self.module else self.module
+
+    def grad_sync(self, enabled: bool) -> contextlib.AbstractContextManager:
+        """Skip gradient all-reduce on accumulation micro-steps other than the last."""
+        if self.model is not self.module and not enabled:  # DDP
+            return self.model.no_sync()
+        if hasattr(self.model, "set_requires_gradient_sync"):  # FSDP2
+            self.model.set_requires_gradient_sync(enabled)
+        return contextlib.nullcontext()
+
+    def state(self) -> ckpt.TrainingState | None:
+        return ckpt.gather_training_state(
+            self.module, self.optimizer, self.scheduler, self.ema, self.step, to_dict(self.cfg)
+        )
+
+
+def _build(cfg: TrainConfig, info: DistInfo) -> _Run:
+    task = get_task(cfg.task)
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    module = task.build_model(cfg.model).to(info.device)
+    model = wrap_model(module, cfg.strategy, info.device)
+    optimizer = build_optimizer(module, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.optim, cfg.steps)
+    ema = EMA(module, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    seed_everything(cfg.seed, info.rank)
+    return _Run(cfg, info, task, model, module, optimizer, scheduler, ema, Path(cfg.out_dir))
+
+
+def _maybe_resume(run: _Run) -> None:
+    """Load the newest checkpoint (per cfg.resume) after checking it fits; nothing is written before this."""
+    latest = ckpt.latest_checkpoint(run.ckpt_dir)
+    if run.cfg.resume == "always" and latest is None:
+        raise CheckpointError(f"resume='always' but {run.ckpt_dir} holds no checkpoint")
+    if run.cfg.resume == "never":
+        if latest is not None:
+            raise CheckpointError(
+                f"{run.out} already holds checkpoints ({latest.name}); resume='never' would "
+                "overwrite them. Use resume='auto' or a new out_dir."
+            )
+        return
+    if latest is None:
+        return
+    state = ckpt.load_checkpoint(latest)
+    ckpt.check_compatible(state.config, to_dict(run.cfg), str(latest))
+    ckpt.apply_training_state(state, run.module, run.optimizer, run.scheduler, run.ema, str(latest))
+    run.step = state.step
+
+
+def _train_step(run: _Run, micro: list[Any]) -> tuple[float, float, dict[str, float]]:
+    """Forward/backward over the micro-batches, then clip and step. Returns (loss, grad_norm, metrics)."""
+    cfg, dev = run.cfg, run.info.device
+    run.model.train()
+    loss_sum = torch.zeros((), device=dev, dtype=torch.float64)
+    metrics: dict[str, float] = {}
+    for i, batch in enumerate(micro):
+        last = i == len(micro) - 1
+        with run.grad_sync(last), torch.autocast(dev.type, torch.bfloat16, enabled=cfg.precision == "bf16"):
+            loss, m = run.task.loss(run.loss_model(), _to_device(batch, dev), cfg.objective)
+            (loss / len(micro)).backward()
+        loss_sum += loss.detach().double()
+        for k, v in m.items():
+            metrics[k] = metrics.get(k, 0.0) + float(v) / len(micro)
+    loss_mean = float(all_reduce_sum(loss_sum) / (len(micro) * run.info.world_size))
+    params = [p for p in run.module.parameters() if p.grad is not None]
+    norm = torch.nn.utils.clip_grad_norm_(
+        params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
+    )
+    norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+    if not (math.isfinite(loss_mean) and math.isfinite(norm)):
+        run.optimizer.zero_grad(set_to_none=True)
+        latest = ckpt.latest_checkpoint(run.ckpt_dir)
+        raise NonFiniteLossError(
+            f"non-finite loss {loss_mean} (grad norm {norm}) at step {run.step + 1}; stopped before the update. "
+            f"Last good checkpoint: {latest or 'none'} (kept). Lower optim.lr or check the data, then resume."
+        )
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    if run.ema is not None:
+        run.ema.update(run.module)
+    return loss_mean, norm, metrics
+
+
+# -------------------------------------------------------------------------------------------- logging
+class _Logger:
+    """metrics.jsonl (+ optional TensorBoard) on rank 0; a no-op elsewhere."""
+
+    def __init__(self, run: _Run):
+        self.active = run.info.is_main
+        self.path = run.out / "metrics.jsonl"
+        self.tb = None
+        if not self.active:
+            return
+        run.out.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():  # drop records past the resumed step so the log matches the weights
+            keep = [
+                ln
+                for ln in self.path.read_text().splitlines()
+                if ln and json.loads(ln).get("step", 0) <= run.step
+            ]
+            self.path.write_text("".join(ln + "\n" for ln in keep))
+        if run.cfg.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:
+                raise ValueError(
+                    "tensorboard=True needs the tensorboard package: pip install 'argen[tensorboard]'"
+                    " (or set tensorboard=false)"
+                ) from e
+            self.tb = SummaryWriter(str(run.out / "tb"))
+
+    def log(self, record: dict[str, Any]) -> None:
+        if not self.active:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, int | float):
+                    self.tb.add_scalar(k, v, record["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _save(run: _Run) -> None:
+    state = run.state()
+    if state is not None:
+        ckpt.save_checkpoint(run.ckpt_dir, state, run.cfg.keep_last)
+    barrier()
+
+
+def _export(run: _Run) -> Path:
+    """Write out_dir/model.safetensors (+ .json): the EMA weights when EMA is on, else the live weights."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(run.module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    ema = run.ema.full_state_dict() if run.ema is not None else {}
+    path = run.out / "model.safetensors"
+    if run.info.is_main:
+        state.update({k: v.to(state[k].dtype) for k, v in ema.items()})
+        fresh = run.task.build_model(run.cfg.model)
+        load_strict(fresh, state, source="trained weights")
+        save_model(fresh, path)
+    barrier()
+    return path
+
+
+# ----------------------------------------------------------------------------------------------- entry
+def train(cfg: TrainConfig) -> Path:
+    """Train `cfg.task` as configured; returns the exported model path (out_dir/model.safetensors).
+
+    Launch with `torchrun --nproc_per_node N` for multi-process DDP/FSDP2; a plain call is one process.
+    Resumes from out_dir/checkpoints according to `cfg.resume`.
+
+    Raises:
+        NonFiniteLossError: the loss went NaN/inf (the last good checkpoint is kept).
+        CheckpointError: the checkpoint to resume from is corrupt or belongs to another task/model.
+    """
+    owns_group = launched_by_torchrun() and not torch.distributed.is_initialized()
+    info = init_distributed(cfg.device)
+    try:
+        return _train(cfg, info)
+    finally:
+        if owns_group:
+            torch.distributed.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, info: DistInfo) -> Path:
+    run = _build(cfg, info)
+    _maybe_resume(run)
+    dataset = run.task.build_dataset(cfg)
+    batches = step_batches(dataset, cfg, info, run.step)  # validates sizes before anything is written
+    logger = _Logger(run)
+    if info.is_main:
+        (run.out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        total=cfg.steps, initial=run.step, disable=not info.is_main, desc=f"train {cfg.task}", unit="step"
+    )
+    t0, n0 = time.perf_counter(), run.step
+    try:
+        while run.step < cfg.steps:
+            loss, norm, metrics = _train_step(run, next(batches))
+            run.step += 1
+            img_s = (run.step - n0) * cfg.batch_size / max(time.perf_counter() - t0, 1e-9)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{img_s:.1f}")
+            if run.step % cfg.log_every == 0 or run.step == cfg.steps:
+                lr = run.optimizer.param_groups[0]["lr"]
+                logger.log(
+                    {
+                        "step": run.step,
+                        "loss": loss,
+                        "grad_norm": norm,
+                        "lr": lr,
+                        "img_per_s": img_s,
+                        **{f"task/{k}": v for k, v in metrics.items()},
+                    }
+                )
+            if cfg.ckpt_every and run.step % cfg.ckpt_every == 0 and run.step < cfg.steps:
+                _save(run)
+        _save(run)
+        return _export(run)
+    finally:
+        bar.close()
+        logger.close()

@@ -1,0 +1,244 @@
+"""Trainer, optimizer, EMA and resumable checkpoints, on a toy task registered here (no model-family code)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from argen.config import OptimConfig, TrainConfig
+from argen.models.checkpoints import CheckpointError, load_model, register
+from argen.training import checkpoint as ckpt
+from argen.training.ema import EMA
+from argen.training.loop import NonFiniteLossError, train
+from argen.training.optim import build_optimizer, lr_factor, no_decay_names
+from argen.training.tasks import Task, register_task
+
+
+# ------------------------------------------------------------------------------------------- toy task
+@dataclasses.dataclass
+class ToyConfig:
+    dim: int = 8
+    hidden: int = 16
+    classes: int = 4
+    depth: int = 2
+    dropout: float = 0.1
+
+
+@register("test_training_toy", ToyConfig)
+class ToyNet(nn.Module):
+    """x_BD + class embedding -> residual MLP blocks -> scalar. Dropout makes resume depend on the RNG."""
+
+    def __init__(self, config: ToyConfig):
+        super().__init__()
+        self.config = config
+        self.class_emb = nn.Embedding(config.classes, config.dim)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(
+                nn.LayerNorm(config.dim),
+                nn.Linear(config.dim, config.hidden),
+                nn.GELU(),
+                nn.Dropout(config.dropout),
+                nn.Linear(config.hidden, config.dim),
+            )
+            for _ in range(config.depth)
+        )
+        self.head = nn.Linear(config.dim, 1)
+
+    def forward(self, x_BD: torch.Tensor, y_B: torch.Tensor) -> torch.Tensor:
+        h_BD = x_BD + self.class_emb(y_B)
+        for block in self.blocks:
+            h_BD = h_BD + block(h_BD)
+        return self.head(h_BD).squeeze(-1)
+
+
+CALLS = {"n": 0}  # loss calls in this process: lets a test inject a crash or a NaN at a chosen micro-step
+
+
+def toy_loss(model, batch, opts):
+    x_BD, y_B, t_B = batch
+    CALLS["n"] += 1
+    if CALLS["n"] == opts.get("crash_at_call"):
+        raise KeyboardInterrupt("simulated kill")
+    loss = (model(x_BD, y_B) - t_B).pow(2).mean()
+    if CALLS["n"] == opts.get("nan_at_call"):
+        loss = loss * float("nan")
+    return loss, {"mse": float(loss.detach())}
+
+
+def toy_dataset(cfg: TrainConfig) -> TensorDataset:
+    g = torch.Generator().manual_seed(123)
+    x_ND = torch.randn(cfg.objective.get("n", 40), 8, generator=g)
+    y_N = torch.randint(0, 4, (len(x_ND),), generator=g)
+    return TensorDataset(x_ND, y_N, x_ND.sin().sum(-1) + 0.5 * y_N)
+
+
+register_task(
+    Task(
+        "test_training_toy",
+        lambda d: ToyNet(ToyConfig(**{k: v for k, v in d.items() if k != "preset"})),
+        toy_dataset,
+        toy_loss,
+    )
+)
+
+
+def toy_cfg(out: Path, **kw) -> TrainConfig:
+    base = dict(
+        task="test_training_toy",
+        model={"preset": "debug"},
+        steps=12,
+        batch_size=8,
+        grad_accum=2,
+        ema_decay=0.9,
+        out_dir=str(out),
+        ckpt_every=4,
+        keep_last=2,
+        log_every=1,
+        seed=3,
+        optim=OptimConfig(lr=1e-2, warmup_steps=2, schedule="cosine"),
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def run(cfg: TrainConfig) -> Path:
+    CALLS["n"] = 0
+    return train(cfg)
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ------------------------------------------------------------------------------------- optimizer, EMA
+def test_no_decay_on_norms_biases_embeddings():
+    model = ToyNet(ToyConfig())
+    skip = no_decay_names(model)
+    assert "class_emb.weight" in skip and "blocks.0.0.weight" in skip and "head.bias" in skip
+    assert "blocks.0.1.weight" not in skip and "head.weight" not in skip
+    groups = build_optimizer(model, OptimConfig(weight_decay=0.1)).param_groups
+    assert [g["weight_decay"] for g in groups] == [0.1, 0.0]
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+def test_lr_schedules():
+    cos = OptimConfig(warmup_steps=10, schedule="cosine", min_lr_ratio=0.1)
+    assert lr_factor(0, cos, 110) == pytest.approx(0.1) and lr_factor(9, cos, 110) == pytest.approx(1.0)
+    assert lr_factor(60, cos, 110) == pytest.approx(0.55) and lr_factor(110, cos, 110) == pytest.approx(0.1)
+    step = OptimConfig(warmup_steps=0, schedule="step", step_milestones=[5, 8], step_gamma=0.5)
+    assert [lr_factor(s, step, 10) for s in (4, 5, 8)] == [1.0, 0.5, 0.25]
+    with pytest.raises(ValueError, match="schedule"):
+        OptimConfig(schedule="linear")
+
+
+def test_ema_matches_formula():
+    model = nn.Linear(3, 2)
+    ema = EMA(model, 0.5)
+    w0 = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model)  # effective decay min(0.5, 1/10) = 0.1
+    torch.testing.assert_close(ema.shadow["weight"], 0.1 * w0 + 0.9 * (w0 + 1.0))
+
+
+# --------------------------------------------------------------------------------------------- trainer
+def test_train_loss_decreases_and_exports(tmp_path):
+    cfg = toy_cfg(tmp_path / "a", steps=40, ema_decay=0.0, optim=OptimConfig(lr=3e-2, warmup_steps=0))
+    path = run(cfg)
+    records = [json.loads(ln) for ln in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, 41))
+    first, last = sum(r["loss"] for r in records[:5]) / 5, sum(r["loss"] for r in records[-5:]) / 5
+    assert last < 0.5 * first, (first, last)
+    assert all(r["img_per_s"] > 0 and math.isfinite(r["grad_norm"]) for r in records)
+    model = load_model(path)
+    assert isinstance(model, ToyNet)
+    final = ckpt.load_checkpoint(ckpt.latest_checkpoint(tmp_path / "a" / "checkpoints"))
+    assert final.step == 40
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, final.model[k], rtol=0, atol=0)
+    assert len(ckpt.list_checkpoints(tmp_path / "a" / "checkpoints")) == 2  # keep_last
+
+
+def test_kill_and_resume_is_bit_identical(tmp_path):
+    # 40 items / 8 per step = 5 steps per epoch: the crash (step 7) and resume (step 4) cross an epoch boundary.
+    ref = load_file(str(run(toy_cfg(tmp_path / "ref"))))
+    crashed = toy_cfg(tmp_path / "b", objective={"crash_at_call": 2 * 6 + 1})  # inside step 7 (2 calls/step)
+    with pytest.raises(KeyboardInterrupt):
+        run(crashed)
+    assert ckpt.latest_checkpoint(tmp_path / "b" / "checkpoints").name == "step_00000004"
+    resumed = load_file(str(run(toy_cfg(tmp_path / "b"))))
+    assert ref.keys() == resumed.keys()
+    for k in ref:
+        assert torch.equal(ref[k], resumed[k]), k  # EMA export: bit-identical
+    a = ckpt.load_checkpoint(ckpt.latest_checkpoint(tmp_path / "ref" / "checkpoints"))
+    b = ckpt.load_checkpoint(ckpt.latest_checkpoint(tmp_path / "b" / "checkpoints"))
+    for k in a.model:
+        assert torch.equal(a.model[k], b.model[k]), k  # live weights
+    for name, st in a.optimizer["state"].items():
+        assert all(torch.equal(v, b.optimizer["state"][name][key]) for key, v in st.items()), name
+    steps = [json.loads(ln)["step"] for ln in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 13))  # the log was rewound to the checkpoint, no duplicate records
+
+
+def test_corrupt_or_mismatched_checkpoint_refused_without_writes(tmp_path):
+    out = tmp_path / "c"
+    run(toy_cfg(out, steps=4))
+    latest = ckpt.latest_checkpoint(out / "checkpoints")
+    weights = latest / "state.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    before = snapshot(out)
+    with pytest.raises(CheckpointError, match="corrupt"):
+        run(toy_cfg(out, steps=8))
+    assert snapshot(out) == before
+    (latest / "state.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="readable"):
+        run(toy_cfg(out, steps=8))
+    out2 = tmp_path / "d"
+    run(toy_cfg(out2, steps=4))
+    before = snapshot(out2)
+    with pytest.raises(CheckpointError, match="model="):
+        run(toy_cfg(out2, steps=8, model={"preset": "debug", "hidden": 32}))
+    with pytest.raises(CheckpointError, match="would overwrite"):
+        run(toy_cfg(out2, steps=8, resume="never"))
+    assert snapshot(out2) == before
+
+
+def test_shape_mismatch_reported(tmp_path):
+    model = ToyNet(ToyConfig(hidden=32))
+    state = ToyNet(ToyConfig()).state_dict()
+    with pytest.raises(CheckpointError, match="shape mismatches"):
+        ckpt.check_shapes(model, state, "file")
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    out = tmp_path / "n"
+    with pytest.raises(NonFiniteLossError, match="at step 6") as err:
+        run(toy_cfg(out, objective={"nan_at_call": 2 * 5 + 1}))
+    assert "step_00000004" in str(err.value)
+    latest = ckpt.latest_checkpoint(out / "checkpoints")
+    assert latest.name == "step_00000004"
+    state = ckpt.load_checkpoint(latest)
+    assert all(torch.isfinite(v).all() for v in state.model.values())
+    assert not (out / "model.safetensors").exists()
+
+
+def test_bf16_autocast_runs(tmp_path):
+    cfg = toy_cfg(tmp_path / "bf", steps=3, precision="bf16", ckpt_every=0)
+    model = load_model(run(cfg))
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_batch_not_divisible_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="divisible"):
+        run(toy_cfg(tmp_path / "x", batch_size=7))
+    assert not (tmp_path / "x" / "metrics.jsonl").exists()
