@@ -1,0 +1,394 @@
+"""ActVAR: a VAR whose FFNs run as top-k experts and whose blocks compute only high-potential tokens.
+
+Shape legend: B batch, L tokens (all scales or a prefix), l tokens of one scale, n kept tokens, C width,
+V vocabulary, Cv VQVAE channels, E experts, S scales, H heads, Dh head dim.
+
+The dense VAR is held as `self.var` (same parameter names, FFNs replaced by `MoEFFN`, which keeps fc1/fc2),
+so its embeddings, modulations, head and cache helpers are reused as they are. Only the block loop differs:
+per block and scale, a gate keeps the top ceil(rho * l) tokens; kept tokens run attention (keys/values of
+every token) and their top-k experts; the others take `x + up(down(h))` (a zero-initialised low-rank adapter)
+and keep their place in the sequence. With every expert on and rho = 1 the computation is VAR's own.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from argen.models.checkpoints import load_strict, register
+from argen.models.var import MAX_LOG_SCALE, VAR, VARConfig
+from argen.models.var import PRESETS as VAR_PRESETS
+from argen.nn.attention import attention
+from argen.nn.masks import group_mask
+from argen.nn.moe import MoEConfig, MoEFFN
+
+
+@dataclass
+class ActVARConfig:
+    """ActVAR = a VAR config plus the sparsity design (every choice is a field, for ablations).
+
+    var: the dense VAR's config.
+    num_experts: E experts per FFN (equal splits of the 4C hidden units).
+    experts_k: experts run per token at each scale (len S); None = all E at every scale.
+    keep_ratio: fraction rho of tokens computed at each scale (len S, in (0, 1]); None = 1 everywhere.
+        DESIGN default: < 1 only on the last three scales (77% of the tokens).
+    gate_layers: blocks that get a token selector; None = all blocks.
+    adapter_rank: rank r of the reconstruction adapter of skipped tokens (up projection starts at zero).
+    kmeans_iters / split_seed: balanced k-means used to split each FFN (block i uses seed split_seed + i).
+    straight_through: router/gate scores scale the kept outputs by exactly 1 while passing gradients.
+    expert_backend: grouped expert kernel layout ("auto", "padded", "segment"; see argen.nn.moe).
+    """
+
+    var: VARConfig = field(default_factory=VARConfig)
+    num_experts: int = 16
+    experts_k: tuple[int, ...] | None = None
+    keep_ratio: tuple[float, ...] | None = None
+    gate_layers: tuple[int, ...] | None = None
+    adapter_rank: int = 16
+    kmeans_iters: int = 20
+    split_seed: int = 0
+    straight_through: bool = True
+    expert_backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        num_scales, depth = len(self.var.patch_nums), self.var.depth
+        MoEConfig(self.var.dim, self.var.hidden, self.num_experts, backend=self.expert_backend)  # validates
+        self.experts_k = tuple(int(k) for k in (self.experts_k or (self.num_experts,) * num_scales))
+        self.keep_ratio = tuple(float(r) for r in (self.keep_ratio or (1.0,) * num_scales))
+        if self.gate_layers is not None:
+            self.gate_layers = tuple(int(i) for i in self.gate_layers)
+        if len(self.experts_k) != num_scales or not all(1 <= k <= self.num_experts for k in self.experts_k):
+            raise ValueError(
+                f"experts_k needs one value in [1, {self.num_experts}] per scale ({num_scales} "
+                f"scales), got {self.experts_k}"
+            )
+        if len(self.keep_ratio) != num_scales or not all(0 < r <= 1 for r in self.keep_ratio):
+            raise ValueError(
+                f"keep_ratio needs one value in (0, 1] per scale ({num_scales}), got {self.keep_ratio}"
+            )
+        if self.gate_layers is not None and not all(0 <= i < depth for i in self.gate_layers):
+            raise ValueError(f"gate_layers must be block indices in [0, {depth}), got {self.gate_layers}")
+        if self.adapter_rank < 1:
+            raise ValueError(f"adapter_rank must be >= 1, got {self.adapter_rank}")
+
+    @property
+    def gated(self) -> tuple[int, ...]:
+        return tuple(range(self.var.depth)) if self.gate_layers is None else self.gate_layers
+
+
+def _last3(n: int, dense: Any, sparse: Any) -> tuple:
+    return (dense,) * (n - 3) + (sparse,) * 3
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "debug": dict(
+        var="debug", num_experts=4, experts_k=(4, 4, 2, 2), keep_ratio=(1.0, 1.0, 0.5, 0.5), adapter_rank=4
+    ),
+    # ~21% fewer FLOPs than dense on the ImageNet/Fashion-MNIST 10-scale layout (see argen.eval.flops).
+    **{
+        name: dict(var=name, num_experts=16, experts_k=_last3(10, 16, 10), keep_ratio=_last3(10, 1.0, 0.75))
+        for name in ("d16", "d20", "d24", "d30", "fmnist")
+    },
+}
+
+
+def actvar_config(preset: str, var: VARConfig | None = None, **overrides: Any) -> ActVARConfig:
+    """Config of a named budget preset; `var` replaces the preset's VAR config (e.g. a loaded teacher's)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown ActVAR preset {preset!r}; choose one of {sorted(PRESETS)}")
+    fields = dict(PRESETS[preset])
+    var_cfg = var or VARConfig(**VAR_PRESETS[fields.pop("var")])
+    fields.pop("var", None)
+    return ActVARConfig(var=var_cfg, **{**fields, **overrides})
+
+
+def kept_count(keep_ratio: float, tokens: int) -> int:
+    """Tokens computed at a scale: ceil(rho * l), at least 1 (rounded first so 0.7 * 10 gives 7, not 8)."""
+    return max(1, math.ceil(round(keep_ratio * tokens, 9)))
+
+
+class TokenSelector(nn.Module):
+    """Scores each token's update potential and reconstructs the tokens that skip the block."""
+
+    def __init__(self, width: int, rank: int) -> None:
+        super().__init__()
+        self.gate = nn.Linear(width, 1)
+        self.down = nn.Linear(width, rank, bias=False)
+        self.up = nn.Linear(rank, width, bias=False)
+
+    def init_weights(self) -> None:
+        nn.init.normal_(self.gate.weight, std=self.gate.in_features**-0.5)
+        nn.init.zeros_(self.gate.bias)
+        nn.init.normal_(self.down.weight, std=self.down.in_features**-0.5)
+        nn.init.zeros_(self.up.weight)  # skipped tokens start as the identity
+
+    def score(self, h_BLC: torch.Tensor) -> torch.Tensor:
+        """(B, L) gate logits from the modulated attention input."""
+        return self.gate(h_BLC).squeeze(-1)
+
+    def reconstruct(self, h_BLC: torch.Tensor) -> torch.Tensor:
+        """(B, L, C) residual update of skipped tokens."""
+        return self.up(self.down(h_BLC))
+
+
+@dataclass
+class _Segment:
+    """Which positions a block call covers: scales `scales` = sequence range [begin, end)."""
+
+    scales: tuple[int, ...]
+    begin: int
+    end: int
+    cached: bool
+
+
+def _modulated(
+    block: nn.Module, x_BLC: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor
+) -> torch.Tensor:
+    return block.ln_wo_grad(x_BLC).mul(scale.add(1)).add(shift)
+
+
+def _ste(score: torch.Tensor) -> torch.Tensor:
+    """Exactly 1 in the forward pass; d/dscore = sigmoid'(score)."""
+    s = torch.sigmoid(score)
+    return (s - s.detach()) + 1.0
+
+
+@register("actvar", ActVARConfig)
+class ActVAR(nn.Module):
+    """VAR with dynamic expert (router) and token (gate) sparsity; same entry points as `VAR`."""
+
+    def __init__(self, config: ActVARConfig) -> None:
+        super().__init__()
+        self.config = config
+        vc = config.var
+        self.var = VAR(vc)
+        moe_cfg = MoEConfig(
+            vc.dim, vc.hidden, config.num_experts, config.straight_through, config.expert_backend
+        )
+        for block in self.var.blocks:
+            block.ffn = MoEFFN(moe_cfg)
+        self.selectors = nn.ModuleDict(
+            {str(i): TokenSelector(vc.dim, config.adapter_rank) for i in config.gated}
+        )
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """Routers at zero, gates random, adapters identity; backbone weights come from `from_dense`."""
+        for block in self.var.blocks:
+            block.ffn.init_weights()
+        for sel in self.selectors.values():
+            sel.init_weights()
+
+    @classmethod
+    def from_dense(cls, var: VAR, config: ActVARConfig | None = None) -> ActVAR:
+        """Wrap a trained dense VAR: split each FFN into experts (no new weights), add routers and gates."""
+        config = config or ActVARConfig(var=var.config)
+        if config.var != var.config:
+            raise ValueError("ActVARConfig.var must equal the dense model's config; pass var=teacher.config")
+        model = cls(config).to(device=var.pos_1LC.device, dtype=var.pos_1LC.dtype)
+        model.var = copy.deepcopy(var)
+        for i, block in enumerate(model.var.blocks):
+            block.ffn = MoEFFN.from_dense(
+                block.ffn.fc1,
+                block.ffn.fc2,
+                config.num_experts,
+                config.kmeans_iters,
+                config.split_seed + i,
+                config.straight_through,
+                config.expert_backend,
+            )
+        return model
+
+    def to_dense(self) -> VAR:
+        """Export the backbone as a plain VAR (routers, gates and adapters dropped; FFN units un-permuted)."""
+        state = {k: v for k, v in self.var.state_dict().items() if ".ffn." not in k}
+        for i, block in enumerate(self.var.blocks):
+            state.update({f"blocks.{i}.ffn.{k}": v for k, v in block.ffn.dense_state().items()})
+        dense = VAR(self.config.var).to(device=self.var.pos_1LC.device, dtype=self.var.pos_1LC.dtype)
+        load_strict(dense, state, source="ActVAR.to_dense")
+        return dense
+
+    # --------------------------------------------------------------------------------------- block
+    def _per_position(self, values: tuple, seg: _Segment, device: torch.device) -> torch.Tensor:
+        """(L,) per-scale setting repeated over each scale's positions in the segment."""
+        sizes = torch.tensor([self.config.var.scale_sizes[s] for s in seg.scales], device=device)
+        return torch.repeat_interleave(torch.tensor([values[s] for s in seg.scales], device=device), sizes)
+
+    def _keep_index(
+        self, i: int, h_BLC: torch.Tensor, seg: _Segment
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Sorted kept positions (B, n) within the segment and all gate logits (B, L); None = keep all."""
+        rhos = [self.config.keep_ratio[s] for s in seg.scales]
+        if str(i) not in self.selectors or all(r >= 1.0 for r in rhos):
+            return None
+        score_BL = self.selectors[str(i)].score(h_BLC)
+        parts, offset = [], 0
+        for s, rho in zip(seg.scales, rhos, strict=True):
+            size = self.config.var.scale_sizes[s]
+            n = kept_count(rho, size) if rho < 1.0 else size
+            top = torch.topk(score_BL[:, offset : offset + size], n, dim=1).indices
+            parts.append(torch.sort(top, dim=1).values + offset)
+            offset += size
+        return torch.cat(parts, dim=1), score_BL
+
+    def _sparse_attn(
+        self,
+        block: nn.Module,
+        h_BLC: torch.Tensor,
+        keep_Bn: torch.Tensor,
+        q_ids_n: torch.Tensor,
+        seg: _Segment,
+    ) -> torch.Tensor:
+        """Attention output (B, n, C) of the kept queries; keys/values of every token in the segment.
+
+        Re-states SelfAttention's projection because only the kept tokens' queries are computed.
+        """
+        attn = block.attn
+        B, L, C = h_BLC.shape
+        H, Dh = attn.num_heads, attn.head_dim
+        w = attn.mat_qkv.weight
+        kv = F.linear(h_BLC, w[C:], torch.cat((torch.zeros_like(attn.v_bias), attn.v_bias)))
+        k_BHLD, v_BHLD = kv.view(B, L, 2, H, Dh).permute(2, 0, 3, 1, 4).unbind(0)
+        h_BnC = torch.gather(h_BLC, 1, keep_Bn[..., None].expand(-1, -1, C))
+        q_BHnD = F.linear(h_BnC, w[:C], attn.q_bias).view(B, -1, H, Dh).transpose(1, 2)
+        scale = 0.25 / math.sqrt(Dh)
+        if attn.l2_norm:
+            scale = 1.0
+            q_BHnD = F.normalize(q_BHnD, dim=-1) * attn.scale_mul_1H11.clamp_max(MAX_LOG_SCALE).exp()
+            k_BHLD = F.normalize(k_BHLD, dim=-1)
+        k_ids = self.var.scale_ids(h_BLC.device)[: seg.end]
+        if seg.cached:
+            k_all, v_all = attn.cache.update(
+                torch.arange(seg.begin, seg.end, device=h_BLC.device), k_BHLD, v_BHLD
+            )
+            k_BHLD, v_BHLD = k_all[:, :, : seg.end], v_all[:, :, : seg.end]
+        else:
+            k_ids = k_ids[seg.begin :]
+        out = attention(q_BHnD, k_BHLD, v_BHLD, group_mask(q_ids_n, k_ids), scale=scale)
+        return attn.proj(out.transpose(1, 2).reshape(B, -1, C))
+
+    def _ffn(
+        self,
+        block: nn.Module,
+        x_BnC: torch.Tensor,
+        mods: tuple,
+        k_Bn: torch.Tensor | None,
+        trace: dict | None,
+    ) -> torch.Tensor:
+        """Gated FFN update of (B, n, C) tokens, k_Bn experts each (None = all experts: the dense path)."""
+        _, gamma2, _, scale2, _, shift2 = mods
+        h_BnC = _modulated(block, x_BnC, scale2, shift2)
+        if trace is not None:
+            k = k_Bn if k_Bn is not None else torch.full(h_BnC.shape[:2], self.config.num_experts)
+            trace["router"].append((block.ffn.router(h_BnC), k.to(h_BnC.device)))
+        return block.ffn(h_BnC, k_Bn).mul(gamma2)
+
+    def _block(
+        self,
+        i: int,
+        x_BLC: torch.Tensor,
+        mods: tuple,
+        seg: _Segment,
+        mask_LL: torch.Tensor | None,
+        trace: dict | None,
+    ) -> torch.Tensor:
+        """One block over the segment's tokens, (B, L, C) -> (B, L, C)."""
+        block = self.var.blocks[i]
+        gamma1, _, scale1, _, shift1, _ = mods
+        k_BL = None  # all experts at every scale of the segment: no routing at all
+        if any(self.config.experts_k[s] < self.config.num_experts for s in seg.scales):
+            k_BL = self._per_position(self.config.experts_k, seg, x_BLC.device).expand(x_BLC.shape[0], -1)
+        h_BLC = _modulated(block, x_BLC, scale1, shift1)
+        keep = self._keep_index(i, h_BLC, seg)
+        if keep is None:  # every token computed: VAR's own attention branch
+            pos_l = torch.arange(seg.begin, seg.end, device=x_BLC.device) if seg.cached else None
+            x_BLC = x_BLC + block.attn_branch(x_BLC, mods, mask_LL, pos_l, seg.end if seg.cached else None)
+            return x_BLC + self._ffn(block, x_BLC, mods, k_BL, trace)
+        keep_Bn, score_BL = keep
+        if trace is not None:
+            rho_L = self._per_position(self.config.keep_ratio, seg, x_BLC.device)
+            trace["gate"].append((score_BL, rho_L))
+        idx_BnC = keep_Bn[..., None].expand(-1, -1, x_BLC.shape[-1])
+        q_ids_n = self.var.scale_ids(x_BLC.device)[seg.begin : seg.end][keep_Bn[0]]
+        ste_Bn1 = _ste(torch.gather(score_BL, 1, keep_Bn))[..., None] if self.config.straight_through else 1.0
+        x_BnC = torch.gather(x_BLC, 1, idx_BnC)
+        x_BnC = x_BnC + self._sparse_attn(block, h_BLC, keep_Bn, q_ids_n, seg).mul(gamma1) * ste_Bn1
+        k_Bn = torch.gather(k_BL, 1, keep_Bn) if k_BL is not None else None
+        x_BnC = x_BnC + self._ffn(block, x_BnC, mods, k_Bn, trace) * ste_Bn1
+        return (x_BLC + self.selectors[str(i)].reconstruct(h_BLC)).scatter(1, idx_BnC, x_BnC)
+
+    # -------------------------------------------------------------------------------- entry points
+    def forward(
+        self, labels_B: torch.Tensor, var_input_BLCv: torch.Tensor, trace: dict | None = None
+    ) -> torch.Tensor:
+        """Sparse teacher forcing (same contract as `VAR.forward`).
+
+        Args:
+            labels_B: (B,) class ids (`num_classes` = null label).
+            var_input_BLCv: (B, L' - first_l, Cv) VQVAE teacher-forcing input (or a prefix of whole scales).
+            trace: optional dict filled for distillation: "gate" [(gate logits (B, L), rho (L,))],
+                "router" [(router logits (B, n, E), experts k (B, n))], "hidden" (B, L, C) last hidden state.
+        Returns:
+            (B, L', V) float32 logits.
+        """
+        var, vc = self.var, self.config.var
+        length = vc.scale_sizes[0] + var_input_BLCv.shape[1]
+        ends = [end for _, end in vc.scale_bounds]
+        if length not in ends:
+            raise ValueError(f"var input covers {length} tokens; it must end on a scale boundary {ends}")
+        if trace is not None:
+            trace.update(gate=[], router=[])
+        cond_BD = var.class_emb(labels_B)
+        lvl_pos_1LC = var.lvl_pos()
+        x_BLC = torch.cat(
+            (
+                var.first_scale_input(cond_BD, lvl_pos_1LC),
+                var.word_embed(var_input_BLCv.float()) + lvl_pos_1LC[:, vc.scale_sizes[0] : length],
+            ),
+            1,
+        )
+        seg = _Segment(tuple(range(ends.index(length) + 1)), 0, length, cached=False)
+        mask_LL = var.block_causal_mask(length, x_BLC.device)
+        for i, mods in enumerate(var.block_mods(cond_BD)):
+            x_BLC = self._block(i, x_BLC, mods, seg, mask_LL, trace)
+        if trace is not None:
+            trace["hidden"] = x_BLC
+        return var.logits(x_BLC, cond_BD)
+
+    def step(self, si: int, x_BlC: torch.Tensor, cond_BD: torch.Tensor, mods: list) -> torch.Tensor:
+        """One cached scale (same contract as `VAR.step`): kept tokens computed, every token's K/V written."""
+        begin, end = self.config.var.scale_bounds[si]
+        seg = _Segment((si,), begin, end, cached=True)
+        for i, block_mods in enumerate(mods):
+            x_BlC = self._block(i, x_BlC, block_mods, seg, None, None)
+        return self.var.logits(x_BlC, cond_BD)
+
+    def sampling_view(self) -> _SamplingView:
+        """VAR's sampling interface with ActVAR's sparse `step`.
+
+        Pass it to `argen.sampling.next_scale.sample_next_scale` (CFG, cache, VQVAE handling reused as is).
+        """
+        return _SamplingView(self)
+
+
+class _SamplingView:
+    """VAR's sampling surface (config, embeddings, modulations, cache) with ActVAR's sparse `step`."""
+
+    def __init__(self, model: ActVAR) -> None:
+        var = model.var
+        self.config, self.pos_1LC, self.class_emb = var.config, var.pos_1LC, var.class_emb
+        self.block_mods, self.lvl_pos = var.block_mods, var.lvl_pos
+        self.first_scale_input, self.next_scale_input = var.first_scale_input, var.next_scale_input
+        self.kv_caches, self.logits, self.step = var.kv_caches, var.logits, model.step
+
+        self._model = model
+
+    def __call__(self, labels_B: torch.Tensor, var_input_BLCv: torch.Tensor) -> torch.Tensor:
+        """Sparse teacher forcing, so `sample_next_scale_reference` also runs on the view."""
+        return self._model(labels_B, var_input_BLCv)
