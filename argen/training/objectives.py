@@ -5,7 +5,59 @@ Losses live here so that training and distillation reuse the same forward passes
 
 from __future__ import annotations
 
+
 # ---------------------------------------------------------------------------------------------- tokenizers
+def build_tokenizer(kind: str, model: dict):
+    """A freshly initialised tokenizer from {"preset": ..., <config overrides>, "disc": <optional>}.
+
+    kind: "vq" (VQModel) or "msvq" (MultiScaleVQVAE). "disc": true or a dict of DiscConfig fields wraps
+    the tokenizer in a TokenizerWithDisc for GAN training (only the tokenizer is exported).
+    """
+    from argen.config import from_dict
+    from argen.tokenizers.losses import DiscConfig, PatchDiscriminator, TokenizerWithDisc
+
+    spec = dict(model)
+    preset, disc = spec.pop("preset", "debug"), spec.pop("disc", None)
+    if kind == "vq":
+        from argen.tokenizers.vqgan import VQModel, vq_config
+
+        tok = VQModel(vq_config(preset, **spec))
+    else:
+        from argen.tokenizers.multiscale import MultiScaleVQVAE, msvq_config
+
+        tok = MultiScaleVQVAE(msvq_config(preset, **spec))
+    tok.init_weights()
+    if not disc:
+        return tok
+    disc_opts = {"in_channels": tok.config.in_channels, **(disc if isinstance(disc, dict) else {})}
+    wrapper = TokenizerWithDisc(tok, PatchDiscriminator(from_dict(DiscConfig, disc_opts, where="model.disc")))
+    wrapper.disc.init_weights()
+    return wrapper
+
+
+def _tokenizer_dataset(cfg):
+    from argen.data import build_image_dataset
+
+    return build_image_dataset(cfg.data)
+
+
+def tokenizer_loss(model, batch, opts: dict) -> tuple:
+    """Reconstruction + codebook + commitment (+ GAN) loss. Options = TokenizerLossConfig fields: rec_loss
+    "l1"|"l2", rec_weight, codebook_weight, commit_weight, gan, gan_weight, disc_weight, gan_start."""
+    from argen.tokenizers.losses import tokenizer_loss as loss_fn
+
+    return loss_fn(model, batch, opts)
+
+
+def _register_tokenizers() -> None:
+    from argen.training.tasks import Task, register_task
+
+    register_task(Task("tokenizer", lambda m: build_tokenizer("vq", m), _tokenizer_dataset, tokenizer_loss))
+    register_task(Task("msvq", lambda m: build_tokenizer("msvq", m), _tokenizer_dataset, tokenizer_loss))
+
+
+_register_tokenizers()
+
 
 # ------------------------------------------------------------------------------------------ GPT (raster, EAR)
 def _gpt_model(model: dict):
