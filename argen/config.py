@@ -146,7 +146,9 @@ class OptimConfig:
         if self.schedule not in ("cosine", "step", "constant"):
             raise ValueError(f"optim.schedule {self.schedule!r}: choose cosine, step or constant")
         if self.lr <= 0 or self.warmup_steps < 0 or self.grad_clip < 0 or not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError("optim needs lr > 0, warmup_steps >= 0, grad_clip >= 0 (0 = off), 0 <= min_lr_ratio <= 1")
+            raise ValueError(
+                "optim needs lr > 0, warmup_steps >= 0, grad_clip >= 0 (0 = off), 0 <= min_lr_ratio <= 1"
+            )
 
 
 @dataclasses.dataclass

@@ -1,6 +1,6 @@
 """Datasets: Fashion-MNIST (IDX files), ImageFolder trees, and pre-extracted token datasets.
 
-Image datasets yield `(img_CHW float in [-1, 1], label int)`; token datasets yield `(codes_L int64, label int)`.
+Image datasets yield `(img_CHW float in [-1, 1], label int)`; token datasets `(codes_L int64, label int)`.
 """
 
 from __future__ import annotations
@@ -270,7 +270,7 @@ class TokenDataset(Dataset):
 
 # ---------------------------------------------------------------------------------------------- dispatch
 def build_image_dataset(cfg: DataConfig) -> Dataset:
-    """Image dataset for `cfg.source` in {"fashion_mnist", "imagefolder"}; items (img_CHW in [-1, 1], label)."""
+    """Image dataset for `cfg.source` fashion_mnist | imagefolder; items (img_CHW in [-1, 1], label)."""
     if cfg.source == "fashion_mnist":
         return FashionMNIST(cfg.root, cfg.split, cfg.image_size)
     if cfg.source == "imagefolder":

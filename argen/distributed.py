@@ -134,7 +134,7 @@ def wrap_model(model: nn.Module, strategy: str, device: torch.device | None = No
 
     Args:
         strategy: "none"; "ddp" (DistributedDataParallel); "fsdp" (FSDP2: `fully_shard` on each unit of
-            `fsdp_units`, then on the root; the model is modified in place and its parameters become DTensors).
+            `fsdp_units`, then on the root; the model changes in place, its parameters become DTensors).
         device: the model's device (for DDP's device_ids on CUDA).
 
     Without a process group (world size 1), "ddp" and "fsdp" fall back to the plain model.

@@ -46,7 +46,7 @@ def tiny_idx(tmp_path) -> tuple[Path, np.ndarray, np.ndarray]:
 
 @pytest.mark.parametrize("split", ["train", "test"])
 def test_tiny_idx_padding_and_scaling(tiny_idx, split):
-    root, images, labels = tiny_idx
+    root, images, _ = tiny_idx
     ds = build_image_dataset(DataConfig(source="fashion_mnist", root=str(root), split=split))
     assert len(ds) == 5
     img, label = ds[2]
@@ -124,7 +124,7 @@ def test_ten_crop_choices(tmp_path):
 
 
 def test_token_dataset_roundtrip(tmp_path, tiny_idx):
-    root, images, labels = tiny_idx
+    root, _, _ = tiny_idx
     images_ds = FashionMNIST(root, "train")
 
     def encode(img_BCHW):  # a fake tokenizer: 4x4 average pooling quantised to 300 levels

@@ -168,7 +168,7 @@ def test_train_loss_decreases_and_exports(tmp_path):
 
 
 def test_kill_and_resume_is_bit_identical(tmp_path):
-    # 40 items / 8 per step = 5 steps per epoch: the crash (step 7) and resume (step 4) cross an epoch boundary.
+    # 40 items / 8 per step = 5 steps per epoch: crash (step 7) and resume (step 4) cross an epoch boundary.
     ref = load_file(str(run(toy_cfg(tmp_path / "ref"))))
     crashed = toy_cfg(tmp_path / "b", objective={"crash_at_call": 2 * 6 + 1})  # inside step 7 (2 calls/step)
     with pytest.raises(KeyboardInterrupt):

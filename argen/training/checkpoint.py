@@ -231,7 +231,8 @@ def load_checkpoint(path: str | Path) -> TrainingState:
     """Read and verify (size, sha256) a checkpoint directory; raises CheckpointError if it is damaged."""
     path = Path(path)
     hint = (
-        f"Delete {path} to resume from the previous checkpoint ({[p.name for p in list_checkpoints(path.parent)]}),"
+        f"Delete {path} to resume from the previous checkpoint "
+        f"({[p.name for p in list_checkpoints(path.parent)]}),"
         " or start the run in a new out_dir."
     )
     try:
@@ -274,7 +275,7 @@ def check_compatible(saved: dict[str, Any], current: dict[str, Any], source: str
 
 
 def check_shapes(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Readable report when `state` does not fit `model` (works for FSDP2 models: DTensor shapes are global)."""
+    """Readable report when `state` does not fit `model` (FSDP2 models too: DTensor shapes are global)."""
     own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -285,7 +286,8 @@ def check_shapes(model: nn.Module, state: dict[str, torch.Tensor], source: str) 
     ]
     if missing or unexpected or shapes:
         raise CheckpointError(
-            f"{source} does not fit {type(model).__name__}: missing {missing[:5]}, unexpected {unexpected[:5]}, "
+            f"{source} does not fit {type(model).__name__}: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}, "
             f"shape mismatches {shapes[:4]}. Check the model config, or use a new out_dir."
         )
 

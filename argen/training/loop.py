@@ -65,7 +65,7 @@ def micro_batch_size(cfg: TrainConfig, world_size: int) -> int:
 def step_batches(dataset: Dataset, cfg: TrainConfig, info: DistInfo, start_step: int) -> Iterator[list[Any]]:
     """For each optimizer step from `start_step` on: this rank's list of grad_accum micro-batches.
 
-    Epoch e shuffles with DistributedSampler(seed=cfg.seed).set_epoch(e); step s reads its slice of that order.
+    Epoch e shuffles with DistributedSampler(seed=cfg.seed).set_epoch(e); step s reads its slice of it.
     """
     mb = micro_batch_size(cfg, info.world_size)
     sampler = DistributedSampler(
@@ -213,7 +213,8 @@ def _train_step(run: _Run, micro: list[Any]) -> tuple[float, float, dict[str, fl
         run.optimizer.zero_grad(set_to_none=True)
         latest = ckpt.latest_checkpoint(run.ckpt_dir)
         raise NonFiniteLossError(
-            f"non-finite loss {loss_mean} (grad norm {norm}) at step {run.step + 1}; stopped before the update. "
+            f"non-finite loss {loss_mean} (grad norm {norm}) at step {run.step + 1}; "
+            "stopped before the update. "
             f"Last good checkpoint: {latest or 'none'} (kept). Lower optim.lr or check the data, then resume."
         )
     run.optimizer.step()

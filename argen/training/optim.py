@@ -36,7 +36,7 @@ def no_decay_names(model: nn.Module) -> set[str]:
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
     """AdamW over the trainable parameters of `model`, in two groups (decay / no decay).
 
-    Call it after wrapping with FSDP2 (`fully_shard` replaces parameters) and on the unwrapped module under DDP.
+    Call it after FSDP2 wrapping (`fully_shard` replaces parameters), on the unwrapped module under DDP.
     """
     skip = no_decay_names(model)
     decay, no_decay = [], []
