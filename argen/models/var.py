@@ -111,7 +111,7 @@ PRESETS: dict[str, dict] = {
     "d24": dict(depth=24, **_IMAGENET),
     "d30": dict(depth=30, **_IMAGENET),
     # Fashion-MNIST 32x32 with a /2 multi-scale VQVAE: the ImageNet-256 16x16 token grid and scales.
-    "fmnist": dict(depth=6, vocab_size=4096, vae_channels=32, num_classes=10),
+    "fmnist": dict(depth=6, vocab_size=512, vae_channels=16, num_classes=10),
 }
 
 
