@@ -140,5 +140,98 @@ _register_gpt()
 
 
 # --------------------------------------------------------------------------------------------------- VAR
+def _var_model(model: dict):
+    from argen.models.var import VAR, var_config
+
+    overrides = dict(model)
+    return VAR(var_config(overrides.pop("preset", "debug"), **overrides))
+
+
+def _var_dataset(cfg):
+    from argen.data import build_dataset
+
+    if cfg.data.source != "tokens":
+        raise ValueError(
+            "the var task trains on pre-extracted multi-scale tokens: set data.source=tokens and data.root "
+            "to the .npz written by `argen tokenize` with the msvq tokenizer (all scales concatenated)"
+        )
+    return build_dataset(cfg.data)
+
+
+_VAR_VQVAES: dict = {}
+
+
+def _var_vqvae(spec, device):
+    """The frozen multi-scale VQVAE named by objective option "vqvae" (an argen model file, or a module)."""
+    if spec is None:
+        raise ValueError(
+            "the var objective needs objective.vqvae=<path of the msvq model file> to build the "
+            "teacher-forcing input from token codes"
+        )
+    if not isinstance(spec, str):
+        return spec
+    key = (spec, str(device))
+    if key not in _VAR_VQVAES:  # loaded once per process and device, never trained
+        from argen.models.checkpoints import load_model
+
+        _VAR_VQVAES[key] = load_model(spec, device=device).requires_grad_(False)
+    return _VAR_VQVAES[key]
+
+
+def var_progressive_scales(num_scales: int, opts: dict) -> int:
+    """Scales trained at `opts["step"]`: all, or (with `progressive_steps` > 0) growing linearly from
+    `progressive_start` (default 1) to all scales over `progressive_steps` optimizer steps."""
+    ramp = int(opts.get("progressive_steps", 0))
+    if ramp <= 0:
+        return num_scales
+    if "step" not in opts:
+        raise ValueError("progressive VAR training needs the optimizer step in objective option 'step'")
+    start = max(1, min(int(opts.get("progressive_start", 1)), num_scales))
+    return start + int(min(int(opts["step"]) / ramp, 1.0) * (num_scales - start))
+
+
+def var_loss(model, batch, opts: dict) -> tuple:
+    """VAR next-scale cross-entropy over all (or the first k) scales, with label dropout for CFG.
+
+    Batch: (codes_BL int64 of all scales concatenated, labels_B). Options: vqvae (path or module, required),
+    label_dropout (0.1), progressive_steps / progressive_start / step (progressive-scale training).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    codes_BL, label_B = batch
+    cfg = getattr(model, "module", model).config
+    if codes_BL.shape[1] != cfg.seq_len:
+        raise ValueError(
+            f"token codes have {codes_BL.shape[1]} positions; VAR with patch_nums {cfg.patch_nums} "
+            f"expects {cfg.seq_len} (all scales concatenated)"
+        )
+    vqvae = _var_vqvae(opts.get("vqvae"), codes_BL.device)
+    with torch.no_grad():
+        var_input_BLCv = vqvae.idxBl_to_var_input(list(codes_BL.split(cfg.scale_sizes, dim=1)))
+    num = var_progressive_scales(len(cfg.patch_nums), opts)
+    begin, end = cfg.scale_bounds[num - 1]
+    drop_B = torch.rand(label_B.shape, device=label_B.device) < float(opts.get("label_dropout", 0.1))
+    labels_B = torch.where(drop_B, torch.full_like(label_B, cfg.num_classes), label_B)
+    logits_BLV = model(labels_B, var_input_BLCv[:, : end - cfg.scale_sizes[0]])
+    target_BL = codes_BL[:, :end]
+    loss = F.cross_entropy(logits_BLV.reshape(-1, logits_BLV.shape[-1]), target_BL.reshape(-1))
+    hit_BL = (logits_BLV.detach().argmax(-1) == target_BL).float()
+    return loss, {
+        "loss": float(loss.detach()),
+        "acc": float(hit_BL.mean()),
+        "acc_last_scale": float(hit_BL[:, begin:end].mean()),
+        "scales": float(num),
+    }
+
+
+def _register_var() -> None:
+    from argen.training.tasks import Task, register_task
+
+    register_task(Task("var", _var_model, _var_dataset, var_loss))
+
+
+_register_var()
+
 
 # ------------------------------------------------------------------------------------------------ classifier
