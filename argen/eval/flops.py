@@ -168,3 +168,56 @@ def var_sampling_flops(
         parts["head"] += linear_flops(n, C, V)
         per_scale.append(sum(parts.values()) - sum(before.values()))
     return {"total": sum(parts.values()), "per_scale": per_scale, "parts": parts}
+
+
+def _actvar_block_flops(config: Any, si: int, rows: int, sparse: bool) -> int:
+    """Transformer-block FLOPs (attention projections, attention core, FFN, router, gate, adapter) of one
+    cached scale for `rows` sequences, all blocks summed; `sparse=False` gives the dense VAR's count."""
+    from argen.models.actvar import kept_count
+
+    vc = config.var
+    C, H, E, depth = vc.dim, vc.hidden, config.num_experts, vc.depth
+    begin, end = vc.scale_bounds[si]
+    size = end - begin
+    k = config.experts_k[si] if sparse else E
+    rho = config.keep_ratio[si] if sparse else 1.0
+    gated = set(config.gated) if sparse and rho < 1.0 else set()
+    total = 0
+    for block in range(depth):
+        keep = kept_count(rho, size) if block in gated else size
+        n_all, n_keep = rows * size, rows * keep
+        total += linear_flops(n_all, C, 2 * C) + linear_flops(n_keep, C, C)  # k/v for all, q for kept
+        total += linear_flops(n_keep, C, C) + rows * attention_flops(keep, end, C, vc.num_heads)
+        total += linear_flops(n_keep, C, H * k // E) + linear_flops(n_keep, H * k // E, C)
+        if k < E:
+            total += linear_flops(n_keep, C, E)  # router
+        if block in gated:
+            # gate logit and the low-rank adapter (down + up), both on every token of the scale
+            total += linear_flops(n_all, C, 1) + 2 * linear_flops(n_all, C, config.adapter_rank)
+    return total
+
+
+def actvar_sampling_flops(config: Any, batch: int = 1, cfg: bool = True, adaln_per_scale: bool = True
+                          ) -> dict[str, Any]:
+    """Analytic FLOPs of ActVAR's KV-cached sampling at its budget (experts_k, keep_ratio per scale).
+
+    Same convention as `var_sampling_flops` (matmuls only; embed, AdaLN and head are taken from it): per
+    block, keys/values are projected for every token, queries/output projection/attention/FFN only for the
+    ceil(rho * l) kept tokens, each with k of E experts; routers (k < E), gates and adapters are counted.
+    The "segment" expert backend executes exactly this; "padded" adds its padding rows.
+
+    Args:
+        config: `argen.models.actvar.ActVARConfig`. batch / cfg / adaln_per_scale: as `var_sampling_flops`.
+
+    Returns:
+        {"total", "per_scale", "dense_total", "dense_per_scale", "saving"} with saving = 1 - total/dense.
+    """
+    dense = var_sampling_flops(config.var, batch, cfg, adaln_per_scale)
+    rows = batch * (2 if cfg else 1)
+    per_scale = [
+        d - _actvar_block_flops(config, si, rows, False) + _actvar_block_flops(config, si, rows, True)
+        for si, d in enumerate(dense["per_scale"])
+    ]
+    total = sum(per_scale)
+    return {"total": total, "per_scale": per_scale, "dense_total": dense["total"],
+            "dense_per_scale": dense["per_scale"], "saving": 1.0 - total / dense["total"]}
