@@ -14,6 +14,12 @@ from argen.sampling.ar import GenerationProcess, centre_prefix, extend_from_cent
 from argen.sampling.logits import SamplingConfig, cfg_combine
 
 
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    # debug-sized models: thread synchronisation costs more than the matmuls (badly so on a busy machine)
+    torch.set_num_threads(1)
+
+
 def _official_ear(fixtures_dir):
     data = load_file(str(fixtures_dir / "ear_ref_a.safetensors"))
     cfg = GPTConfig(
@@ -146,3 +152,16 @@ def test_analytic_sampling_flops_match_flop_counter(preset, cfg_scale):
     analytic = gpt_sampling_flops(model.config, proc.order, guided=cfg_scale != 1.0)
     assert analytic["flops"] == measured
     assert analytic["passes"] == (7 if preset == "debug" else 16)
+
+
+def test_generate_batches_with_per_batch_seeds():
+    from argen.sampling.ar import ARSampleConfig, generate
+
+    model = _model()
+    cfg = ARSampleConfig(schedule=3, batch_size=2, sampling=SamplingConfig(cfg_scale=1.5, seed=7))
+    out = generate(model, torch.tensor([0, 1, 2]), cfg, snapshots=True)
+    assert out.tokens_BL.shape == (3, 16) and len(out.snapshots) == 3  # 3 passes chosen at sampling time
+    first = GenerationProcess(build_order("spiral", 4, 3), SamplingConfig(cfg_scale=1.5, seed=7))
+    last = GenerationProcess(build_order("spiral", 4, 3), SamplingConfig(cfg_scale=1.5, seed=8))
+    assert torch.equal(out.tokens_BL[:2], first.sample(model, torch.tensor([0, 1])).tokens_BL)
+    assert torch.equal(out.tokens_BL[2:], last.sample(model, torch.tensor([2])).tokens_BL)

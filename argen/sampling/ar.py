@@ -10,6 +10,7 @@ later, so a mask over the cache is plain block-causal over step ids.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -149,6 +150,44 @@ class GenerationProcess:
         out.tokens_BL = self.order.to_raster(seq_BL)
         out.logits_BLV = logits_all
         return out
+
+
+@dataclass
+class ARSampleConfig:
+    """How `argen sample` draws tokens from a GPT/EAR model.
+
+    order / schedule / grid: None = the model's own (config.order, config.schedule, config.grid). schedule:
+        "sides" | "rings" | "tokens:K" | a number of passes (any-schedule EAR models) | a list of sizes.
+    batch_size: images per forward batch (CFG doubles the rows).
+    sampling: CFG scale, temperature, top-k, top-p, seed (batch i uses seed + i).
+    """
+
+    order: str | None = None
+    schedule: str | int | list[int] | None = None
+    grid: int | None = None
+    batch_size: int = 32
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+def generate(
+    model: GPT, labels_N: torch.Tensor, cfg: ARSampleConfig, snapshots: bool = False
+) -> SampleOutput:
+    """Sample tokens for every label, in batches of `cfg.batch_size`.
+
+    Returns:
+        SampleOutput with (N, L) raster tokens (and per-pass snapshots concatenated over batches).
+    """
+    outs = []
+    for i, labels_B in enumerate(labels_N.split(cfg.batch_size)):
+        sampling = dataclasses.replace(cfg.sampling, seed=cfg.sampling.seed + i)
+        proc = GenerationProcess.for_model(model, sampling, cfg.order, cfg.schedule, cfg.grid)
+        outs.append(proc.sample(model, labels_B, snapshots=snapshots))
+    shots = [torch.cat(s) for s in zip(*(o.snapshots for o in outs), strict=True)] if snapshots else []
+    return SampleOutput(torch.cat([o.tokens_BL for o in outs]), shots)
 
 
 def centre_prefix(order: GenerationOrder, centre_BKK: torch.Tensor) -> torch.Tensor:
