@@ -235,3 +235,33 @@ _register_var()
 
 
 # ------------------------------------------------------------------------------------------------ classifier
+def _classifier_model(model: dict):
+    from argen.eval.classifier import build_classifier
+
+    return build_classifier(model)
+
+
+def _classifier_dataset(cfg):
+    from argen.data import build_image_dataset
+
+    return build_image_dataset(cfg.data)
+
+
+def classifier_loss(model, batch, opts: dict) -> tuple:
+    """Cross-entropy of the evaluation classifier on (images in [-1, 1], labels); opts: label_smoothing."""
+    import torch.nn.functional as F
+
+    img_BCHW, label_B = batch
+    logits_BK = model(img_BCHW)
+    loss = F.cross_entropy(logits_BK, label_B, label_smoothing=float(opts.get("label_smoothing", 0.0)))
+    acc = (logits_BK.argmax(-1) == label_B).float().mean()
+    return loss, {"loss": float(loss.detach()), "acc": float(acc)}
+
+
+def _register_classifier() -> None:
+    from argen.training.tasks import Task, register_task
+
+    register_task(Task("classifier", _classifier_model, _classifier_dataset, classifier_loss))
+
+
+_register_classifier()

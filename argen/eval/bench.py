@@ -1,0 +1,174 @@
+"""Sampler benchmarks: throughput (img/s), latency at batch 1 and peak memory, as JSON.
+
+Timing: `warmup` untimed calls, then `repeats` timed calls per batch size; the median is reported. On GPU
+each call is timed with CUDA events after a synchronize and peak memory is `torch.cuda.max_memory_allocated`;
+on CPU wall-clock `perf_counter` is used and peak memory is the largest resident-set growth over the
+baseline, sampled every few milliseconds while the calls run (an estimate).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+@dataclass
+class BenchConfig:
+    """batch_sizes: batch sizes to time (1 gives the latency). warmup / repeats: calls per batch size.
+    device: "auto" (cuda when available) or a torch device string. out: JSON path or None."""
+
+    batch_sizes: tuple[int, ...] = (1, 8, 32)
+    warmup: int = 1
+    repeats: int = 3
+    device: str = "auto"
+    out: str | None = None
+
+    def __post_init__(self) -> None:
+        self.batch_sizes = tuple(self.batch_sizes)
+        if not self.batch_sizes or min(self.batch_sizes) < 1:
+            raise ValueError(f"batch_sizes must be positive integers, got {self.batch_sizes}")
+        if self.warmup < 0 or self.repeats < 1:
+            raise ValueError("need warmup >= 0 and repeats >= 1")
+
+    def resolved_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+
+class _RssPeak:
+    """Context manager polling the process RSS in a thread; `.peak_delta` = max RSS - RSS at entry."""
+
+    def __init__(self, interval_s: float = 0.005):
+        self.interval_s = interval_s
+        self.peak_delta = 0
+        self._stop = threading.Event()
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self.peak_delta = max(self.peak_delta, _rss() - self._base)
+            time.sleep(self.interval_s)
+
+    def __enter__(self) -> _RssPeak:
+        self._base = _rss()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_delta = max(self.peak_delta, _rss() - self._base)
+
+
+def _rss() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return 0
+
+
+def _time_call(fn: Callable[[], Any], device: torch.device) -> float:
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize(device)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize(device)
+        return start.elapsed_time(end) / 1000
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def bench_batch(
+    sample_fn: Callable[[int], Any], batch_size: int, warmup: int, repeats: int, device: torch.device
+) -> dict[str, Any]:
+    """Time `sample_fn(batch_size)`; returns median seconds, img/s, all times and peak memory in bytes."""
+    call = lambda: sample_fn(batch_size)
+    with torch.inference_mode():
+        for _ in range(warmup):
+            call()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
+            times = [_time_call(call, device) for _ in range(repeats)]
+            peak = torch.cuda.max_memory_allocated(device)
+            mem = {"peak_mem_bytes": peak, "peak_mem_over_baseline_bytes": peak - base}
+        else:
+            with _RssPeak() as rss:
+                times = [_time_call(call, device) for _ in range(repeats)]
+            mem = {"peak_mem_bytes": None, "peak_mem_over_baseline_bytes": rss.peak_delta}
+    med = statistics.median(times)
+    return {"batch_size": batch_size, "median_s": med, "img_per_s": batch_size / med, "times_s": times, **mem}
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{device.type} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def bench_sampler(
+    sample_fn: Callable[[int], Any],
+    batch_sizes: Sequence[int] = (1, 8, 32),
+    warmup: int = 1,
+    repeats: int = 3,
+    device: torch.device | str = "cpu",
+    meta: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Benchmark a sampler over batch sizes.
+
+    Args:
+        sample_fn: `sample_fn(batch_size)` generates that many images (on `device`).
+        batch_sizes / warmup / repeats: see BenchConfig. device: where the sampler runs.
+        meta: caller facts merged into the JSON (model name, steps, tokens, analytic `flops_per_image`...).
+
+    Returns:
+        {"device", "torch", "host", "per_batch": [...], "latency_batch1_s", "img_per_s" (best over batch
+        sizes), "best_batch_size", "peak_mem_bytes", plus `meta`; with `flops_per_image` in meta also
+        "achieved_flops_per_s" at the best throughput}.
+    """
+    device = torch.device(device)
+    rows = [bench_batch(sample_fn, bs, warmup, repeats, device) for bs in batch_sizes]
+    best = max(rows, key=lambda r: r["img_per_s"])
+    out: dict[str, Any] = {
+        "device": _device_name(device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "warmup": warmup,
+        "repeats": repeats,
+        "per_batch": rows,
+        "latency_batch1_s": next((r["median_s"] for r in rows if r["batch_size"] == 1), None),
+        "img_per_s": best["img_per_s"],
+        "best_batch_size": best["batch_size"],
+        "peak_mem_bytes": max((r["peak_mem_bytes"] or r["peak_mem_over_baseline_bytes"]) for r in rows),
+    }
+    out.update(meta or {})
+    if (meta or {}).get("flops_per_image"):
+        out["achieved_flops_per_s"] = meta["flops_per_image"] * best["img_per_s"]
+    return out
+
+
+def run_bench(
+    cfg: BenchConfig, sample_fn: Callable[[int], Any], meta: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """`bench_sampler` from a BenchConfig; writes the JSON to `cfg.out` when set."""
+    res = bench_sampler(sample_fn, cfg.batch_sizes, cfg.warmup, cfg.repeats, cfg.resolved_device(), meta)
+    if cfg.out is not None:
+        Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(cfg.out).write_text(json.dumps(res, indent=2) + "\n")
+    return res

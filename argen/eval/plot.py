@@ -1,0 +1,102 @@
+"""Quality-vs-speed plot (FID vs img/s, log x) from result JSONs (evaluate + bench outputs merged per run).
+
+Each result is a dict (or a JSON file holding one) with a quality value, a speed value and a label; values
+are looked up by dotted keys ("fid", "bench.img_per_s", ...). Results sharing a `group` (e.g. one EAR model
+at several step counts) are drawn in one colour and joined by a line, sorted by speed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def lookup(result: dict[str, Any], key: str) -> Any:
+    """`result["a"]["b"]` for key "a.b"; None when any part is missing."""
+    node: Any = result
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _load(result: dict[str, Any] | str | Path) -> dict[str, Any]:
+    if isinstance(result, dict):
+        return result
+    return json.loads(Path(result).read_text())
+
+
+def plot_quality_speed(
+    results: Sequence[dict[str, Any] | str | Path],
+    out: str | Path,
+    x_key: str = "img_per_s",
+    y_key: str = "fid",
+    label_key: str = "name",
+    group_key: str = "group",
+    title: str | None = None,
+    floor: float | None = None,
+) -> Path:
+    """Scatter quality (y, lower is better) against throughput (x, log scale) and save a PNG.
+
+    Args:
+        results: dicts or JSON paths. Entries missing x or y are skipped (named in a ValueError if all are).
+        out: PNG path. x_key / y_key / label_key / group_key: dotted keys into each result.
+        title: plot title. floor: draw the real-vs-real floor as a dashed horizontal line (e.g. the FID floor
+            at the evaluated sample count); when None, the first result's `floor.<y_key>` is used if present.
+
+    Returns:
+        The PNG path.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [_load(r) for r in results]
+    points = [
+        (
+            lookup(r, x_key),
+            lookup(r, y_key),
+            str(lookup(r, label_key) or f"run {i}"),
+            str(lookup(r, group_key) or lookup(r, label_key) or f"run {i}"),
+        )
+        for i, r in enumerate(rows)
+    ]
+    points = [
+        p for p in points if isinstance(p[0], int | float) and isinstance(p[1], int | float) and p[0] > 0
+    ]
+    if not points:
+        raise ValueError(
+            f"no result has both {x_key!r} (> 0) and {y_key!r}; check the keys of the JSON files"
+        )
+    if floor is None and rows:
+        floor = lookup(rows[0], f"floor.{y_key}")
+
+    fig, ax = plt.subplots(figsize=(7, 4.8), dpi=120)
+    groups = list(dict.fromkeys(p[3] for p in points))
+    cmap = plt.get_cmap("tab10")
+    for gi, g in enumerate(groups):
+        pts = sorted((p for p in points if p[3] == g), key=lambda p: p[0])
+        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+        ax.plot(xs, ys, "-o" if len(pts) > 1 else "o", color=cmap(gi % 10), label=g, ms=6)
+        for x, y, label, _ in pts:
+            if label != g:
+                ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    if isinstance(floor, int | float):
+        ax.axhline(floor, ls="--", color="grey", lw=1, label=f"real-vs-real floor ({floor:.2f})")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"{x_key} (log scale, higher is faster)")
+    ax.set_ylabel(f"{y_key} (lower is better)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    out = Path(out).with_suffix(".png")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out

@@ -1,0 +1,81 @@
+"""Sampler benchmark JSON and the quality-vs-speed plot."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+
+from argen.eval.bench import BenchConfig, bench_sampler, run_bench
+from argen.eval.plot import lookup, plot_quality_speed
+
+
+def _sleepy_sampler(per_call_s: float, per_image_s: float):
+    calls = []
+
+    def sample(batch_size: int) -> torch.Tensor:
+        calls.append(batch_size)
+        time.sleep(per_call_s + per_image_s * batch_size)
+        return torch.zeros(batch_size, 1, 8, 8)
+
+    return sample, calls
+
+
+def test_bench_measures_known_timings_and_merges_meta():
+    sample, calls = _sleepy_sampler(0.02, 0.005)
+    res = bench_sampler(
+        sample,
+        batch_sizes=(1, 4),
+        warmup=1,
+        repeats=3,
+        device="cpu",
+        meta={"model": "toy", "steps": 31, "flops_per_image": 1e9},
+    )
+    assert calls == [1] * 4 + [4] * 4  # warmup + repeats per batch size
+    rows = {r["batch_size"]: r for r in res["per_batch"]}
+    assert rows[1]["median_s"] == pytest.approx(0.025, abs=0.02)
+    assert rows[4]["median_s"] == pytest.approx(0.04, abs=0.02)
+    assert res["latency_batch1_s"] == rows[1]["median_s"] and res["best_batch_size"] == 4
+    assert res["img_per_s"] == pytest.approx(4 / rows[4]["median_s"])
+    assert res["model"] == "toy" and res["achieved_flops_per_s"] == pytest.approx(1e9 * res["img_per_s"])
+    json.dumps(res)  # JSON-serialisable
+
+
+def test_bench_cpu_peak_memory_sees_allocations(tmp_path):
+    hold = []
+
+    def sample(batch_size: int) -> None:
+        hold.append(torch.ones(batch_size, 64 << 20, dtype=torch.uint8))  # 64 MiB per image, kept alive
+        time.sleep(0.02)
+
+    res = run_bench(
+        BenchConfig(batch_sizes=(1,), warmup=0, repeats=2, device="cpu", out=str(tmp_path / "b.json")), sample
+    )
+    assert res["peak_mem_bytes"] >= 100 << 20
+    assert json.loads((tmp_path / "b.json").read_text())["per_batch"][0]["batch_size"] == 1
+    with pytest.raises(ValueError, match="positive"):
+        BenchConfig(batch_sizes=(0,))
+
+
+def test_quality_speed_plot(tmp_path):
+    results = [
+        {
+            "name": f"EAR {s} steps",
+            "group": "EAR-B",
+            "img_per_s": 100 / s,
+            "fid": 5 + 20 / s,
+            "floor": {"fid": 1.5},
+        }
+        for s in (8, 16, 31)
+    ] + [{"name": "raster", "img_per_s": 0.4, "fid": 6.0}, {"name": "no speed", "fid": 3.0}]
+    path = tmp_path / "r.json"
+    path.write_text(
+        json.dumps({"name": "VAR d16", "bench": {"img_per_s": 30.0}, "img_per_s": 30.0, "fid": 4.0})
+    )
+    out = plot_quality_speed([*results, path], tmp_path / "plot.png", title="test")
+    assert out.is_file() and out.stat().st_size > 10_000
+    assert lookup({"a": {"b": 2}}, "a.b") == 2 and lookup({"a": 1}, "a.b") is None
+    with pytest.raises(ValueError, match="img_per_s"):
+        plot_quality_speed([{"fid": 1.0}], tmp_path / "x.png")
