@@ -165,3 +165,36 @@ def test_generate_batches_with_per_batch_seeds():
     last = GenerationProcess(build_order("spiral", 4, 3), SamplingConfig(cfg_scale=1.5, seed=8))
     assert torch.equal(out.tokens_BL[:2], first.sample(model, torch.tensor([0, 1])).tokens_BL)
     assert torch.equal(out.tokens_BL[2:], last.sample(model, torch.tensor([2])).tokens_BL)
+
+
+def test_adaptive_threshold_zero_equals_the_fixed_schedule_of_its_windows():
+    from argen.sampling.ar import AdaptiveConfig, sample_adaptive
+
+    model = _model()
+    adaptive = AdaptiveConfig(threshold=0.0, ratio=0.5)
+    sizes, done = [], 0
+    while done < 16:
+        sizes.append(adaptive.window(done, 16))
+        done += sizes[-1]
+    sampling = SamplingConfig(cfg_scale=1.5, temperature=1.2, seed=4)
+    labels = torch.tensor([3, 8])
+    out = sample_adaptive(GenerationProcess(build_order("spiral", 4), sampling), model, labels, adaptive)
+    ref = GenerationProcess(build_order("spiral", 4, sizes), sampling).sample(model, labels)
+    assert out.passes == len(sizes) and torch.equal(out.tokens_BL, ref.tokens_BL)
+
+
+def test_adaptive_high_threshold_spends_more_passes():
+    from argen.sampling.ar import AdaptiveConfig, sample_adaptive
+
+    model = _model()
+    proc = GenerationProcess(build_order("spiral", 4), SamplingConfig(seed=2))
+    labels = torch.tensor([1, 2])
+    strict = sample_adaptive(
+        proc, model, labels, AdaptiveConfig(threshold=1.01, min_tokens=2), snapshots=True
+    )
+    loose = sample_adaptive(proc, model, labels, AdaptiveConfig(threshold=0.0))
+    assert strict.passes == 8 and loose.passes < strict.passes
+    assert [int((s >= 0).sum()) for s in strict.snapshots] == [4 * (i + 1) for i in range(8)]
+    assert int(strict.tokens_BL.min()) >= 0 and int(loose.tokens_BL.min()) >= 0
+    with pytest.raises(ValueError, match="next_any"):
+        sample_adaptive(proc, _model("debug_raster"), labels, AdaptiveConfig())

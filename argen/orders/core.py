@@ -31,6 +31,8 @@ class GenerationOrder:
     name: str = "custom"
 
     def __post_init__(self) -> None:
+        # orders are small host-side data; keep them on the CPU even if a wrapper (DDP) moved them
+        object.__setattr__(self, "perm_L", torch.as_tensor(self.perm_L).detach().cpu().long())
         length = self.grid * self.grid
         if self.perm_L.shape != (length,) or not torch.equal(self.perm_L.sort().values, torch.arange(length)):
             raise ValueError(

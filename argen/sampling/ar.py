@@ -11,6 +11,7 @@ later, so a mask over the cache is plain block-causal over step ids.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -25,11 +26,13 @@ from argen.sampling.logits import SamplingConfig, cfg_combine, cfg_scale_at, mak
 @dataclass
 class SampleOutput:
     """tokens_BL: raster-ordered tokens. snapshots: (B, L) raster tokens after each pass (-1 = not yet
-    generated), when asked. logits_BLV: guided logits per sequence position, when asked."""
+    generated), when asked. logits_BLV: guided logits per sequence position, when asked. passes: forward
+    passes run."""
 
     tokens_BL: torch.Tensor
     snapshots: list[torch.Tensor] = field(default_factory=list)
     logits_BLV: torch.Tensor | None = None
+    passes: int = 0
 
 
 class GenerationProcess:
@@ -93,6 +96,33 @@ class GenerationProcess:
         mask_NS = group_mask(key_groups[pos_N], key_groups[:s])
         return torch.cat(ids, dim=1), pos_N, torch.cat(rows), torch.cat(cols), mask_NS, n_out
 
+    def _labels_in(self, model: GPT, labels_B: torch.Tensor) -> torch.Tensor:
+        """Conditional rows, then (with CFG) the same number of null-class rows."""
+        if not self.sampling.guided:
+            return labels_B
+        return torch.cat([labels_B, torch.full_like(labels_B, model.config.num_classes)])
+
+    def _guided_logits(
+        self,
+        model: GPT,
+        step: Step,
+        seq_BL: torch.Tensor,
+        key_groups: torch.Tensor,
+        labels_in: torch.Tensor,
+        index: int,
+        num_steps: int,
+    ) -> torch.Tensor:
+        """(B, n_out, V) logits of one cached pass, CFG applied (the batch is doubled inside)."""
+        ids, pos, rows, cols, mask, n_out = self._slots(model, step, seq_BL, key_groups)
+        if self.sampling.guided:
+            ids = torch.cat([ids, ids])
+        run = model.prefill if step.cls else model.decode_step
+        logits = run(ids, labels_in, pos, rows, cols, mask, n_out)
+        if not self.sampling.guided:
+            return logits
+        cond, uncond = logits.chunk(2)
+        return cfg_combine(cond, uncond, cfg_scale_at(self.sampling, index, num_steps))
+
     @torch.no_grad()
     def sample(
         self,
@@ -125,22 +155,13 @@ class GenerationProcess:
             seq_BL[:, :prefix_len] = prefix_BP.to(device)
         steps = self.steps(model, prefix_len)
         key_groups = self._key_groups(model.config.mode)
-        labels_in = labels_B
-        if cfg.guided:
-            labels_in = torch.cat([labels_B, torch.full_like(labels_B, model.config.num_classes)])
+        labels_in = self._labels_in(model, labels_B)
         gen = make_generator(cfg.seed, device)
         out = SampleOutput(seq_BL)
         logits_all = torch.zeros(b, length, model.config.vocab_size, device=device) if return_logits else None
         with model.kv_cache(labels_in.shape[0], length + 1):
             for i, step in enumerate(steps):
-                ids, pos, rows, cols, mask, n_out = self._slots(model, step, seq_BL, key_groups)
-                if cfg.guided:
-                    ids = torch.cat([ids, ids])
-                run = model.prefill if step.cls else model.decode_step
-                logits = run(ids, labels_in, pos, rows, cols, mask, n_out)
-                if cfg.guided:
-                    cond, uncond = logits.chunk(2)
-                    logits = cfg_combine(cond, uncond, cfg_scale_at(cfg, i, len(steps)))
+                logits = self._guided_logits(model, step, seq_BL, key_groups, labels_in, i, len(steps))
                 pred = list(step.predicted)
                 seq_BL[:, pred] = sample_tokens(logits, gen, cfg.temperature, cfg.top_k, cfg.top_p)
                 if logits_all is not None:
@@ -148,8 +169,82 @@ class GenerationProcess:
                 if snapshots:
                     out.snapshots.append(self.order.to_raster(seq_BL).clone())
         out.tokens_BL = self.order.to_raster(seq_BL)
-        out.logits_BLV = logits_all
+        out.logits_BLV, out.passes = logits_all, len(steps)
         return out
+
+
+@dataclass
+class AdaptiveConfig:
+    """Confidence-adaptive EAR passes (for models trained with randomised partitions).
+
+    Each pass proposes a window of the next spiral positions, w = round(ratio * 2 * (sqrt(done) + 1))
+    clamped to [min_tokens, max_tokens] (about `ratio` rings), samples them all, and keeps the longest
+    prefix whose tokens all have probability >= threshold in every image of the batch (at least
+    min_tokens). threshold 0 keeps whole windows (fewest passes); higher thresholds spend more passes
+    where the model is unsure.
+    """
+
+    threshold: float = 0.3
+    ratio: float = 1.0
+    min_tokens: int = 1
+    max_tokens: int = 64
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_tokens <= self.max_tokens:
+            raise ValueError(f"need 1 <= min_tokens <= max_tokens, got {self.min_tokens}, {self.max_tokens}")
+        if self.ratio <= 0:
+            raise ValueError(f"ratio must be > 0, got {self.ratio}")
+
+    def window(self, done: int, length: int) -> int:
+        w = round(self.ratio * 2 * (math.sqrt(done) + 1))
+        return min(max(w, self.min_tokens), self.max_tokens, length - done)
+
+
+@torch.no_grad()
+def sample_adaptive(
+    process: GenerationProcess,
+    model: GPT,
+    labels_B: torch.Tensor,
+    adaptive: AdaptiveConfig,
+    snapshots: bool = False,
+) -> SampleOutput:
+    """EAR sampling whose group sizes are decided on the fly from the model's confidence.
+
+    Cache groups are assigned per pass: window of pass p = group p + 2 (class 0, never a prefix here);
+    masks rejected at a pass are hidden again (group = infinity) until re-proposed.
+
+    Returns:
+        SampleOutput with (B, L) raster tokens; `passes` = forward passes used.
+    """
+    if model.config.mode != "next_any":
+        raise ValueError("adaptive schedules need a next_any (EAR) model")
+    cfg, device, length = process.sampling, model.output.weight.device, process.order.length
+    labels_B = labels_B.to(device)
+    seq_BL = torch.full((labels_B.shape[0], length), -1, dtype=torch.long, device=device)
+    labels_in = process._labels_in(model, labels_B)
+    hidden = length + 2
+    key_groups = torch.full((length + 1,), hidden, dtype=torch.long)
+    key_groups[0] = 0
+    gen = make_generator(cfg.seed, device)
+    out, prev, done, p = SampleOutput(seq_BL), 0, 0, 0
+    with model.kv_cache(labels_in.shape[0], length + 1):
+        while done < length:
+            hi = done + adaptive.window(done, length)
+            key_groups[1 + done :] = hidden
+            key_groups[1 + done : 1 + hi] = p + 2
+            step = Step(range(prev, done), range(done, hi), cls=p == 0)
+            logits = process._guided_logits(model, step, seq_BL, key_groups, labels_in, 0, 1)
+            tok_BW = sample_tokens(logits, gen, cfg.temperature, cfg.top_k, cfg.top_p)
+            conf_BW = (logits.float() / cfg.temperature).softmax(-1).gather(-1, tok_BW[..., None])[..., 0]
+            sure_W = (conf_BW >= adaptive.threshold).all(0).long().cumprod(0)
+            keep = min(max(int(sure_W.sum()), adaptive.min_tokens), hi - done)
+            seq_BL[:, done : done + keep] = tok_BW[:, :keep]
+            prev, done, p = done, done + keep, p + 1
+            if snapshots:
+                out.snapshots.append(process.order.to_raster(seq_BL).clone())
+    out.tokens_BL = process.order.to_raster(seq_BL)
+    out.passes = p
+    return out
 
 
 @dataclass
@@ -160,6 +255,7 @@ class ARSampleConfig:
         "sides" | "rings" | "tokens:K" | a number of passes (any-schedule EAR models) | a list of sizes.
     batch_size: images per forward batch (CFG doubles the rows).
     sampling: CFG scale, temperature, top-k, top-p, seed (batch i uses seed + i).
+    adaptive: confidence-adaptive passes instead of a fixed schedule (EAR models trained with randomize).
     """
 
     order: str | None = None
@@ -167,6 +263,7 @@ class ARSampleConfig:
     grid: int | None = None
     batch_size: int = 32
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    adaptive: AdaptiveConfig | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -185,9 +282,17 @@ def generate(
     for i, labels_B in enumerate(labels_N.split(cfg.batch_size)):
         sampling = dataclasses.replace(cfg.sampling, seed=cfg.sampling.seed + i)
         proc = GenerationProcess.for_model(model, sampling, cfg.order, cfg.schedule, cfg.grid)
-        outs.append(proc.sample(model, labels_B, snapshots=snapshots))
-    shots = [torch.cat(s) for s in zip(*(o.snapshots for o in outs), strict=True)] if snapshots else []
-    return SampleOutput(torch.cat([o.tokens_BL for o in outs]), shots)
+        if cfg.adaptive is None:
+            outs.append(proc.sample(model, labels_B, snapshots=snapshots))
+        else:
+            outs.append(sample_adaptive(proc, model, labels_B, cfg.adaptive, snapshots=snapshots))
+    # adaptive batches may differ in pass count: snapshots are kept per batch then
+    same = len({len(o.snapshots) for o in outs}) == 1
+    shots = (
+        [torch.cat(s) for s in zip(*(o.snapshots for o in outs), strict=True)] if snapshots and same else []
+    )
+    passes = max(o.passes for o in outs)
+    return SampleOutput(torch.cat([o.tokens_BL for o in outs]), shots, passes=passes)
 
 
 def centre_prefix(order: GenerationOrder, centre_BKK: torch.Tensor) -> torch.Tensor:
