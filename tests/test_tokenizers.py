@@ -278,3 +278,17 @@ def test_reconstruction_metrics_values():
     data = TensorDataset(_images(3, 3, 8), torch.zeros(3))
     ms = reconstruction_metrics(_msvq().eval(), data, progress=False)
     assert ms["n"] == 3 and 0 < ms["usage"] <= 1
+
+
+def test_quantizers_ignore_bf16_autocast():
+    vq, ms = _vq().quantize.train(), _msvq().quantize.train()
+    z, f = torch.randn(2, 4, 8, 8), torch.randn(2, 8, 4, 4)
+    with torch.autocast("cpu", torch.bfloat16):
+        zq_a, idx_a, _ = vq(z)
+        fhat_a, idx_Bl_a, _ = ms(f)
+        var_in_a = ms.idxBl_to_var_input(idx_Bl_a)
+    zq, idx, _ = vq(z)
+    fhat, idx_Bl, _ = ms(f)
+    assert torch.equal(idx_a, idx) and torch.equal(zq_a, zq) and zq_a.dtype == torch.float32
+    assert all(torch.equal(a, b) for a, b in zip(idx_Bl_a, idx_Bl, strict=True)) and torch.equal(fhat_a, fhat)
+    assert torch.equal(var_in_a, ms.idxBl_to_var_input(idx_Bl))

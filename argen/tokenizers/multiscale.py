@@ -97,7 +97,7 @@ PRESETS: dict[str, MSVQConfig] = {
     "var_ref_a": MSVQConfig(ch=32, z_channels=8, vocab_size=64, patch_nums=(1, 2, 3, 4)),
     # Fashion-MNIST 1x32x32 -> 16x16 latent with VAR's ten scales
     "fmnist": MSVQConfig(
-        in_channels=1, ch=64, ch_mult=(1, 2), num_res_blocks=1, z_channels=16, vocab_size=512
+        in_channels=1, ch=32, ch_mult=(1, 2), num_res_blocks=1, z_channels=16, vocab_size=512
     ),
     "debug": MSVQConfig(
         ch=16,

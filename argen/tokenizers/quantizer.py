@@ -6,7 +6,10 @@ V codebook size, S number of scales, L tokens of one scale (pn*pn).
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,9 +30,23 @@ def usage_from_counts(counts_V: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
 
 
 def _sq_dist(z_NC: torch.Tensor, e_VC: torch.Tensor) -> torch.Tensor:
-    # |z|^2 + |e|^2 - 2 z.e, in the order VAR's nearest-code search uses, so ties break the same way
-    d_NV = z_NC.square().sum(1, keepdim=True) + e_VC.square().sum(1)
-    return d_NV.addmm_(z_NC, e_VC.T, alpha=-2, beta=1)
+    # |z|^2 + |e|^2 - 2 z.e, in the order VAR's nearest-code search uses, so ties break the same way;
+    # always fp32 (bf16 distances pick different codes)
+    z_NC, e_VC = z_NC.float(), e_VC.float()
+    with torch.autocast(z_NC.device.type, enabled=False):
+        d_NV = z_NC.square().sum(1, keepdim=True) + e_VC.square().sum(1)
+        return d_NV.addmm_(z_NC, e_VC.T, alpha=-2, beta=1)
+
+
+def _no_autocast(fn: Callable) -> Callable:
+    """Run a quantizer method at its own precision: codes, residuals and phi convs must not drop to bf16."""
+
+    @functools.wraps(fn)
+    def wrapper(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        with torch.autocast(self.embedding.weight.device.type, enabled=False):
+            return fn(self, *args, **kwargs)
+
+    return wrapper
 
 
 # ----------------------------------------------------------------------------------------- single scale
@@ -89,6 +106,7 @@ class VectorQuantizer(nn.Module):
         """Codes (B, H, W) -> quantized latents (B, C, H, W)."""
         return F.embedding(idx_BHW, self.codebook()).permute(0, 3, 1, 2).contiguous()
 
+    @_no_autocast
     def forward(self, z_BCHW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """Quantize with straight-through gradients.
 
@@ -96,6 +114,7 @@ class VectorQuantizer(nn.Module):
             zq_BCHW (value of the codes, gradient of the latents), idx_BHW, aux dict with "codebook_loss",
             "commit_loss" (already times beta), "usage" (fraction of codes in this batch), "perplexity".
         """
+        z_BCHW = z_BCHW.to(self.embedding.weight.dtype)
         idx_BHW = self.nearest(z_BCHW)
         z = F.normalize(z_BCHW, dim=1) if self.config.l2_norm else z_BCHW
         zq = self.embed(idx_BHW)
@@ -233,10 +252,11 @@ class ResidualQuantizer(nn.Module):
             )
 
     @torch.no_grad()
+    @_no_autocast
     def f_to_idxBl(self, f_BCHW: torch.Tensor) -> list[torch.Tensor]:
         """Latents (B, C, H, W) -> per-scale codes [(B, pn*pn)]."""
         self._check_latent(f_BCHW)
-        f_rest = f_BCHW.detach().float().clone()
+        f_rest = f_BCHW.detach().to(self.embedding.weight.dtype, copy=True)
         idx_Bl = []
         for si, pn in enumerate(self.config.patch_nums):
             idx_N = self.nearest(f_rest, pn)
@@ -246,6 +266,7 @@ class ResidualQuantizer(nn.Module):
             idx_Bl.append(idx_N.view(len(f_BCHW), pn * pn))
         return idx_Bl
 
+    @_no_autocast
     def idxBl_to_fhat(self, idx_Bl: list[torch.Tensor]) -> torch.Tensor:
         """Per-scale codes -> f_hat (B, C, H, W) at the last scale."""
         side = self.config.patch_nums[-1]
@@ -254,6 +275,7 @@ class ResidualQuantizer(nn.Module):
             f_hat = f_hat + self.upsampled_codes(si, self._embed_scale(idx_BL), side)
         return f_hat
 
+    @_no_autocast
     def idxBl_to_var_input(self, idx_Bl: list[torch.Tensor]) -> torch.Tensor:
         """VAR teacher-forcing input (B, L - pn0^2, C): f_hat after each scale, area-downsampled."""
         pns, side = self.config.patch_nums, self.config.patch_nums[-1]
@@ -269,6 +291,7 @@ class ResidualQuantizer(nn.Module):
             return f_hat.new_zeros(B, 0, self.config.dim)
         return torch.cat(next_BlC, dim=1)
 
+    @_no_autocast
     def next_autoregressive_input(
         self, si: int, num_scales: int, f_hat_BCHW: torch.Tensor, h_BChw: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -281,6 +304,7 @@ class ResidualQuantizer(nn.Module):
         f_hat = f_hat_BCHW + self.phi(si)(h_BChw)
         return f_hat, f_hat
 
+    @_no_autocast
     def forward(
         self, f_BCHW: torch.Tensor
     ) -> tuple[torch.Tensor, list[torch.Tensor], dict[str, torch.Tensor]]:
@@ -295,6 +319,7 @@ class ResidualQuantizer(nn.Module):
             "commit_loss", "usage", "perplexity" (over all scales).
         """
         self._check_latent(f_BCHW)
+        f_BCHW = f_BCHW.to(self.embedding.weight.dtype)
         B, _, _, side = f_BCHW.shape
         f_nograd = f_BCHW.detach()
         f_rest, f_hat = f_nograd.clone(), torch.zeros_like(f_nograd)
