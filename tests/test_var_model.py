@@ -16,6 +16,7 @@ from argen.models.var import (
     VARConfig,
     adapt_official_var_state,
     load_official_var,
+    load_var,
     num_params,
     var_config,
 )
@@ -177,6 +178,9 @@ def test_config_validation_and_argen_roundtrip(tmp_path):
     path = save_model(model, tmp_path / "var_debug")
     loaded = load_model(path)
     assert loaded.kind == "var" and loaded.config == model.config
+    assert load_var(path).config == model.config
+    with pytest.raises(ValueError, match="preset"):
+        load_var(tmp_path / "official.pth")
     x = torch.randn(1, model.config.seq_len - 1, model.config.vae_channels)
     with torch.no_grad():
         torch.testing.assert_close(loaded(torch.tensor([2]), x), model(torch.tensor([2]), x), atol=0, rtol=0)

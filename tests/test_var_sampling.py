@@ -57,7 +57,7 @@ def _pair(preset: str = "debug", **overrides) -> tuple[VAR, StubVQVAE]:
     # Larger random gates than the official init so every block changes the logits.
     with torch.no_grad():
         for b in var.blocks:
-            b.ada_lin[-1].weight.normal_(0, 0.05)
+            (b.ada_gss if var.config.shared_aln else b.ada_lin[-1].weight).normal_(0, 0.05)
         var.head.weight.normal_(0, 0.5)
     c = var.config
     return var, StubVQVAE(c.vocab_size, c.vae_channels, c.patch_nums).eval()
@@ -70,9 +70,9 @@ SAMPLINGS = [
 ]
 
 
-@pytest.mark.parametrize("sampling", SAMPLINGS)
-def test_cached_sampler_equals_reference(sampling):
-    var, vae = _pair()
+@pytest.mark.parametrize(("sampling", "shared_aln"), [(s, False) for s in SAMPLINGS] + [(SAMPLINGS[1], True)])
+def test_cached_sampler_equals_reference(sampling, shared_aln):
+    var, vae = _pair(shared_aln=shared_aln)
     labels = torch.tensor([1, 2, 7])
     cfg = NextScaleConfig(sampling=sampling, progression=True)
     fast = sample_next_scale(var, vae, labels, cfg)

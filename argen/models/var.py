@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from argen.models.checkpoints import drop_keys, load_strict, read_official, register
+from argen.models.checkpoints import drop_keys, load_model, load_strict, read_official, register
 from argen.nn.attention import attention
 from argen.nn.kv_cache import kv_caches
 from argen.nn.masks import group_mask, groups_from_sizes
@@ -447,3 +447,15 @@ def load_official_var(path: str | Path, config: VARConfig, device: torch.device 
 def num_params(model: nn.Module) -> int:
     """Parameter count as the official code reports it (all parameters, no buffers)."""
     return sum(p.numel() for p in model.parameters())
+
+
+def load_var(path: str | Path, preset: str | None = None, device: torch.device | str = "cpu") -> VAR:
+    """A VAR from an argen model file (`.safetensors` + `.json`) or an official `.pth` (needs `preset`)."""
+    if Path(path).suffix in (".pth", ".pt"):
+        if preset is None:
+            raise ValueError(f"{path} is an official checkpoint: name its preset (one of {sorted(PRESETS)})")
+        return load_official_var(path, var_config(preset), device)
+    model = load_model(path, device=device)
+    if not isinstance(model, VAR):
+        raise ValueError(f"{path} holds a {type(model).__name__} (kind {model.kind!r}), not a VAR")
+    return model
