@@ -79,3 +79,35 @@ def test_progressive_scales_and_errors():
         var_loss(model, (codes, labels), {})
     with pytest.raises(ValueError, match="positions"):
         var_loss(model, (codes[:, :5], labels), {"vqvae": vae})
+
+
+def test_loss_with_msvq_model_file(tmp_path):
+    multiscale = pytest.importorskip("argen.tokenizers.multiscale")
+    from argen.models.checkpoints import save_model
+    from argen.sampling.next_scale import NextScaleConfig, sample_next_scale, sample_next_scale_reference
+
+    vae = multiscale.MultiScaleVQVAE(multiscale.msvq_config("debug"))
+    vae.init_weights()
+    vc = vae.config
+    path = save_model(vae, tmp_path / "msvq")
+    model = get_task("var").build_model(
+        {
+            "preset": "debug",
+            "patch_nums": vc.patch_nums,
+            "vocab_size": vc.vocab_size,
+            "vae_channels": vc.z_channels,
+        }
+    )
+    img = torch.rand(3, vc.in_channels, vc.image_size, vc.image_size) * 2 - 1
+    codes = torch.cat(vae.img_to_idxBl(img), dim=1)
+    loss, metrics = var_loss(model, (codes, torch.tensor([0, 1, 2])), {"vqvae": str(path)})
+    loss.backward()
+    assert torch.isfinite(loss) and metrics["scales"] == len(vc.patch_nums)
+    # the real tokenizer drives both samplers to the same tokens
+    model.eval()
+    cfg = NextScaleConfig()
+    fast = sample_next_scale(model, vae.eval(), torch.tensor([3, 4]), cfg)
+    ref = sample_next_scale_reference(model, vae, torch.tensor([3, 4]), cfg)
+    assert all(torch.equal(a, b) for a, b in zip(fast.tokens, ref.tokens, strict=True))
+    assert fast.images.shape == (2, vc.in_channels, vc.image_size, vc.image_size)
+    torch.testing.assert_close(fast.images, ref.images, atol=1e-5, rtol=0)
