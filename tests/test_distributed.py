@@ -308,5 +308,20 @@ def test_check_reports_gaps_and_duplicates(tmp_path):
         pack_npz(tmp_path, num_samples=6)
 
 
+def test_single_process_fallback_and_fsdp_units(monkeypatch):
+    from argen.distributed import fsdp_units, init_distributed, wrap_model
+
+    monkeypatch.delenv("RANK", raising=False)
+    info = init_distributed("cpu")
+    assert (info.rank, info.world_size, info.is_main, info.device.type) == (0, 1, True, "cpu")
+    model = DistToy(DistToyConfig(depth=3))
+    assert fsdp_units(model) == list(model.blocks)
+    model.fsdp_units = lambda: [model.head]
+    assert fsdp_units(model) == [model.head]
+    assert wrap_model(model, "fsdp") is model  # no process group: plain model
+    with pytest.raises(ValueError, match="strategy"):
+        wrap_model(model, "zero3")
+
+
 if __name__ == "__main__":
     worker(Path(sys.argv[1]))

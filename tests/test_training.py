@@ -242,3 +242,14 @@ def test_batch_not_divisible_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="divisible"):
         run(toy_cfg(tmp_path / "x", batch_size=7))
     assert not (tmp_path / "x" / "metrics.jsonl").exists()
+
+
+def test_tensorboard_optional(tmp_path):
+    cfg = toy_cfg(tmp_path / "tb", steps=2, tensorboard=True)
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(ValueError, match="pip install"):
+            run(cfg)
+        return
+    assert isinstance(load_model(run(cfg)), ToyNet) and any((tmp_path / "tb" / "tb").iterdir())
