@@ -222,10 +222,12 @@ def test_gan_warmup_switches_terms_off():
     disc.init_weights()
     wrapper = TokenizerWithDisc(tok, disc).train()
     img = _images(2, 3, 16)
-    loss, metrics = wrapper(img, TokenizerLossConfig(gan=True, gan_start=10), step=3)
+    loss, metrics = wrapper(img, TokenizerLossConfig(gan_start=10), step=3)
     loss_g, _, _ = tokenizer_objective(tok, img, TokenizerLossConfig())
     assert metrics["gan_on"] == 0.0
     torch.testing.assert_close(loss, loss_g, atol=1e-6, rtol=0)
+    _, off = wrapper(img, TokenizerLossConfig(gan=False), step=100)
+    assert off["gan_on"] == 0.0
 
 
 @pytest.mark.parametrize(("task", "size"), [("tokenizer", 16), ("msvq", 8)])
@@ -292,3 +294,16 @@ def test_quantizers_ignore_bf16_autocast():
     assert torch.equal(idx_a, idx) and torch.equal(zq_a, zq) and zq_a.dtype == torch.float32
     assert all(torch.equal(a, b) for a, b in zip(idx_Bl_a, idx_Bl, strict=True)) and torch.equal(fhat_a, fhat)
     assert torch.equal(var_in_a, ms.idxBl_to_var_input(idx_Bl))
+
+
+def test_pluggable_perceptual_term():
+    model = _vq().eval()
+    img = _images(2, 3, 16)
+    base, _, rec = tokenizer_objective(model, img, TokenizerLossConfig())
+    cfg = TokenizerLossConfig(perceptual="torch.nn:L1Loss", perceptual_weight=0.5)
+    loss, metrics, _ = tokenizer_objective(model, img, cfg)
+    torch.testing.assert_close(loss, base + 0.5 * F.l1_loss(rec, img), atol=1e-6, rtol=0)
+    assert metrics["perceptual_loss"] == pytest.approx(F.l1_loss(rec, img).item(), rel=1e-5)
+    with pytest.raises(ValueError, match="not found"):
+        missing = TokenizerLossConfig(perceptual="torch.nn:NoSuchLoss", perceptual_weight=1)
+        tokenizer_objective(model, img, missing)

@@ -10,6 +10,8 @@ Shape legend: B batch, C channels, H/W image size, h/w discriminator patch grid.
 
 from __future__ import annotations
 
+import functools
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -29,8 +31,13 @@ PerceptualFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 class TokenizerLossConfig:
     """Weights of the tokenizer objective (`--set objective.<field>=...`).
 
-    rec_loss: "l1" or "l2" pixel loss. gan_weight/gan_start only matter when the model has a discriminator.
-    gan_start: optimizer step from which the adversarial terms are switched on (warm-up without GAN).
+    rec_loss: "l1" or "l2" pixel loss.
+    gan: None = adversarial terms iff the model has a discriminator (`model.disc`); True requires one;
+        False keeps a discriminator idle (its terms are weighted 0).
+    gan_start: step from which the adversarial terms are switched on (warm-up without GAN).
+    perceptual: "package.module:factory" of a user-provided perceptual loss (e.g. LPIPS, not shipped);
+        the factory takes no argument and returns a callable (rec, img) -> loss. Used when
+        perceptual_weight > 0.
     """
 
     rec_loss: str = "l2"
@@ -38,7 +45,8 @@ class TokenizerLossConfig:
     codebook_weight: float = 1.0
     commit_weight: float = 1.0
     perceptual_weight: float = 0.0
-    gan: bool = False
+    perceptual: str | None = None
+    gan: bool | None = None
     gan_weight: float = 0.1
     disc_weight: float = 1.0
     gan_start: int = 0
@@ -53,6 +61,19 @@ class TokenizerLossConfig:
             raise ValueError("loss weights must be >= 0")
         if self.gan_start < 0:
             raise ValueError("gan_start must be >= 0 (a step number)")
+        if self.perceptual_weight > 0 and self.perceptual is not None and ":" not in self.perceptual:
+            raise ValueError(f"perceptual must look like 'package.module:factory', got {self.perceptual!r}")
+
+
+@functools.cache
+def load_perceptual(spec: str) -> PerceptualFn:
+    """Build (once per process) the perceptual loss named "package.module:factory"."""
+    module, _, name = spec.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"perceptual loss {spec!r} not found ({e}); give 'package.module:factory'") from e
+    return factory()
 
 
 def reconstruction_loss(rec_BCHW: torch.Tensor, img_BCHW: torch.Tensor, kind: str = "l2") -> torch.Tensor:
@@ -151,7 +172,7 @@ class TokenizerWithDisc(nn.Module):
         if self.training:
             self.steps_seen += 1
         # before gan_start the terms are weighted 0, not skipped: every parameter is used in each step (DDP)
-        on = float(step >= cfg.gan_start)
+        on = float(cfg.gan is not False and step >= cfg.gan_start)
         frozen = {k: v.detach() for k, v in self.disc.named_parameters()}
         g_adv = -functional_call(self.disc, frozen, (rec,)).mean()
         d_loss = hinge_d_loss(self.disc(img_BCHW.detach()), self.disc(rec.detach()))
@@ -182,7 +203,11 @@ def tokenizer_objective(
         "usage": float(aux["usage"]),
         "perplexity": float(aux["perplexity"]),
     }
+    if perceptual is None and cfg.perceptual is not None:
+        perceptual = load_perceptual(cfg.perceptual)
     if perceptual is not None and cfg.perceptual_weight > 0:
+        if isinstance(perceptual, nn.Module):
+            perceptual.to(img_BCHW.device)
         p_loss = perceptual(rec, img_BCHW).mean()
         loss = loss + cfg.perceptual_weight * p_loss
         metrics["perceptual_loss"] = p_loss.item()
