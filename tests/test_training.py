@@ -241,7 +241,9 @@ def test_bf16_autocast_runs(tmp_path):
 def test_batch_not_divisible_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="divisible"):
         run(toy_cfg(tmp_path / "x", batch_size=7))
-    assert not (tmp_path / "x" / "metrics.jsonl").exists()
+    with pytest.raises(ValueError, match="smaller than one global batch"):
+        run(toy_cfg(tmp_path / "x", batch_size=64))
+    assert not (tmp_path / "x").exists()  # refused before writing anything
 
 
 def test_tensorboard_optional(tmp_path):

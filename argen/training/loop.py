@@ -66,6 +66,8 @@ def step_batches(dataset: Dataset, cfg: TrainConfig, info: DistInfo, start_step:
     """For each optimizer step from `start_step` on: this rank's list of grad_accum micro-batches.
 
     Epoch e shuffles with DistributedSampler(seed=cfg.seed).set_epoch(e); step s reads its slice of it.
+    Rank r holds items r::world of that order, so the global batch of a step does not depend on the number
+    of ranks. Sizes are checked here, before the first batch is drawn.
     """
     mb = micro_batch_size(cfg, info.world_size)
     sampler = DistributedSampler(
@@ -77,7 +79,19 @@ def step_batches(dataset: Dataset, cfg: TrainConfig, info: DistInfo, start_step:
         raise ValueError(
             f"dataset of {len(dataset)} items is smaller than one global batch ({cfg.batch_size})"
         )
-    step = start_step
+    return _epochs(dataset, sampler, cfg, info, start_step, steps_per_epoch)
+
+
+def _epochs(
+    dataset: Dataset,
+    sampler: DistributedSampler,
+    cfg: TrainConfig,
+    info: DistInfo,
+    step: int,
+    steps_per_epoch: int,
+) -> Iterator[list[Any]]:
+    mb = micro_batch_size(cfg, info.world_size)
+    per_step = mb * cfg.grad_accum
     while True:
         epoch, offset = divmod(step, steps_per_epoch)
         sampler.set_epoch(epoch)
@@ -135,6 +149,7 @@ class _Run:
     ema: EMA | None
     out: Path
     step: int = 0
+    saved_step: int = -1  # newest step on disk; same on every rank, so all ranks agree to skip a save
 
     @property
     def ckpt_dir(self) -> Path:
@@ -186,7 +201,7 @@ def _maybe_resume(run: _Run) -> None:
     state = ckpt.load_checkpoint(latest)
     ckpt.check_compatible(state.config, to_dict(run.cfg), str(latest))
     ckpt.apply_training_state(state, run.module, run.optimizer, run.scheduler, run.ema, str(latest))
-    run.step = state.step
+    run.step = run.saved_step = state.step
 
 
 def _train_step(run: _Run, micro: list[Any]) -> tuple[float, float, dict[str, float]]:
@@ -269,9 +284,12 @@ class _Logger:
 
 
 def _save(run: _Run) -> None:
+    if run.saved_step == run.step:
+        return
     state = run.state()
     if state is not None:
         ckpt.save_checkpoint(run.ckpt_dir, state, run.cfg.keep_last)
+    run.saved_step = run.step
     barrier()
 
 
@@ -315,7 +333,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> Path:
     run = _build(cfg, info)
     _maybe_resume(run)
     dataset = run.task.build_dataset(cfg)
-    batches = step_batches(dataset, cfg, info, run.step)  # validates sizes before anything is written
+    batches = step_batches(dataset, cfg, info, run.step)  # checks sizes before anything is written
     logger = _Logger(run)
     if info.is_main:
         (run.out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
