@@ -154,3 +154,19 @@ def test_official_convention_flops_of_published_models():
     for name, gflops in (("d16", 601), ("d20", 1151), ("d24", 1964), ("d30", 3790)):
         total = var_sampling_flops(var_config(name))["total"] / 1e9
         assert abs(total - gflops) / gflops < 0.002, (name, total)
+
+
+@pytest.mark.slow
+def test_compiled_step_captures_and_matches():
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    var, vae = _pair()
+    labels = torch.tensor([1, 2])
+    eager = sample_next_scale(var, vae, labels, NextScaleConfig(SAMPLINGS[1]))
+    cfg = NextScaleConfig(SAMPLINGS[1], compile=True, compile_backend="aot_eager")
+    for _ in range(2):  # the second call must reuse the per-scale graphs
+        out = sample_next_scale(var, vae, labels, cfg)
+        assert all(torch.equal(a, b) for a, b in zip(out.tokens, eager.tokens, strict=True))
+        torch.testing.assert_close(out.images, eager.images, atol=1e-5, rtol=0)
+    assert counters["stats"]["unique_graphs"] == len(var.config.patch_nums)

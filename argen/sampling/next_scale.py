@@ -31,14 +31,17 @@ class NextScaleConfig:
     sampling: CFG / temperature / top-k / top-p / seed. VAR's defaults: `cfg_schedule="linear"` (guidance
         ramps 1 -> 1 + cfg_scale over the scales, the official ratio), cfg 1.5, top-k 900, top-p 0.96.
     progression: also return the decoded image after every scale (for a progression strip / GIF).
-    compile: wrap the per-scale step in `torch.compile` (GPU; with `compile_mode="reduce-overhead"` it replays
-        CUDA graphs; the static cache makes every scale's shapes fixed). Off by default; untested on CPU.
+    compile: wrap the per-scale step in `torch.compile` (meant for GPU; one graph per scale, since the static
+        cache fixes every scale's shapes; no recompilation across calls). Off by default.
+    compile_mode: inductor mode; "reduce-overhead" replays CUDA graphs (not verified on GPU yet).
+    compile_backend: torch.compile backend ("inductor"; "aot_eager" checks graph capture without a compiler).
     """
 
     sampling: SamplingConfig = field(default_factory=_var_sampling_defaults)
     progression: bool = False
     compile: bool = False
     compile_mode: str = "reduce-overhead"
+    compile_backend: str = "inductor"
 
     def __post_init__(self) -> None:
         if self.compile_mode not in ("default", "reduce-overhead", "max-autotune"):
@@ -134,7 +137,8 @@ def sample_next_scale(
     generator = make_generator(cfg.seed, param.device)
     step: Callable[..., torch.Tensor] = var.step
     if config.compile:
-        step = torch.compile(var.step, mode=config.compile_mode, dynamic=False)
+        mode = config.compile_mode if config.compile_backend == "inductor" else None
+        step = torch.compile(var.step, backend=config.compile_backend, mode=mode, dynamic=False)
     decoder = _Decoder(vqvae, batch, param.device, param.dtype)
     tokens, frames = [], []
     with var.kv_caches(labels_G.shape[0]):
