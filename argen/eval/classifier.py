@@ -10,6 +10,7 @@ named as such in every report and are not comparable with published numbers.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,13 +28,14 @@ ASSET = Path(__file__).resolve().parent.parent / "assets" / "classifier_fmnist.s
 
 @dataclass
 class ClassifierConfig:
-    """CNN: one conv3x3-GroupNorm-ReLU-maxpool stage per entry of `channels`, global average pool,
-    Linear -> `feat_dim` (the penultimate features), Linear -> `num_classes`."""
+    """CNN: per entry of `channels` a stage of `convs_per_stage` conv3x3-GroupNorm-ReLU and a 2x2 maxpool,
+    then global average pool, Linear -> `feat_dim` (the penultimate features), Linear -> `num_classes`."""
 
     in_channels: int = 1
     image_size: int = 32
     num_classes: int = 10
     channels: tuple[int, ...] = (32, 64, 128)
+    convs_per_stage: int = 2
     feat_dim: int = 128
     dropout: float = 0.1
 
@@ -45,13 +47,15 @@ class ClassifierConfig:
             )
         if self.image_size % (2 ** len(self.channels)):
             raise ValueError(f"image_size {self.image_size} must be divisible by 2**len(channels)")
-        if self.num_classes < 2 or self.feat_dim < 1 or not 0 <= self.dropout < 1:
-            raise ValueError("need num_classes >= 2, feat_dim >= 1 and 0 <= dropout < 1")
+        if self.num_classes < 2 or self.feat_dim < 1 or self.convs_per_stage < 1 or not 0 <= self.dropout < 1:
+            raise ValueError(
+                "need num_classes >= 2, feat_dim >= 1, convs_per_stage >= 1 and 0 <= dropout < 1"
+            )
 
 
 PRESETS: dict[str, ClassifierConfig] = {
     "fmnist": ClassifierConfig(),
-    "debug": ClassifierConfig(channels=(8, 16), feat_dim=16),
+    "debug": ClassifierConfig(channels=(8, 16), convs_per_stage=1, feat_dim=16),
 }
 
 
@@ -63,8 +67,10 @@ class Classifier(nn.Module):
         layers: list[nn.Module] = []
         c_in = config.in_channels
         for c in config.channels:
-            layers += [nn.Conv2d(c_in, c, 3, padding=1), nn.GroupNorm(4, c), nn.ReLU(), nn.MaxPool2d(2)]
-            c_in = c
+            for _ in range(config.convs_per_stage):
+                layers += [nn.Conv2d(c_in, c, 3, padding=1), nn.GroupNorm(4, c), nn.ReLU()]
+                c_in = c
+            layers.append(nn.MaxPool2d(2))
         self.features = nn.Sequential(*layers)
         self.fc = nn.Linear(c_in, config.feat_dim)
         self.dropout = nn.Dropout(config.dropout)
@@ -161,12 +167,19 @@ def class_accuracy(
 
 
 class ClassifierExtractor:
-    """Non-standard "domain" feature space: the classifier's penultimate features, uint8 images -> (N, F)."""
+    """Non-standard "domain" feature space: the classifier's penultimate features, uint8 images -> (N, F).
+
+    The name carries a digest of the weights so cached reference statistics never mix two classifiers.
+    """
 
     def __init__(self, classifier: Classifier, batch_size: int = 500, tag: str = "fmnist"):
         self.model = classifier.eval()
         self.batch_size = batch_size
-        self.name = f"classifier-{tag}-penultimate-NONSTANDARD"
+        digest = hashlib.sha1()
+        for k, v in sorted(classifier.state_dict().items()):
+            digest.update(k.encode())
+            digest.update(v.detach().float().cpu().numpy().tobytes())
+        self.name = f"classifier-{tag}-{digest.hexdigest()[:8]}-penultimate-NONSTANDARD"
 
     @torch.inference_mode()
     def __call__(self, images_u8_NCHW: torch.Tensor) -> np.ndarray:

@@ -219,9 +219,12 @@ def set_metrics(feats: np.ndarray, ref: FeatureStats, cfg: EvalConfig) -> dict[s
     return out
 
 
-def _class_accuracy(cfg: EvalConfig, images: torch.Tensor, labels: torch.Tensor) -> float:
-    from argen.eval.classifier import class_accuracy, load_default_classifier
+def _class_accuracy(cfg: EvalConfig, images: torch.Tensor, labels: torch.Tensor) -> float | None:
+    """Non-standard class accuracy; None when no classifier was named and none is shipped."""
+    from argen.eval.classifier import ASSET, class_accuracy, load_default_classifier
 
+    if cfg.classifier is None and not ASSET.is_file():
+        return None
     return class_accuracy(load_default_classifier(cfg.classifier, cfg.device), images, labels)
 
 
