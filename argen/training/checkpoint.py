@@ -316,7 +316,7 @@ def gather_training_state(
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
     model_sd = get_model_state_dict(model, options=opts)
     optim_sd = get_optimizer_state_dict(model, optimizer, options=opts)
-    ema_sd = ema.full_state_dict() if ema is not None else None
+    ema_sd = ema.full_state_dict(keep=get_rank() == 0) if ema is not None else None
     rng = all_gather_object(capture_rng())
     if get_rank() != 0:
         return None

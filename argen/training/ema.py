@@ -36,12 +36,17 @@ class EMA:
                 self.shadow[name].lerp_(p.detach().float(), 1.0 - d)
         self.num_updates += 1
 
-    def full_state_dict(self) -> dict[str, torch.Tensor]:
-        """Full (unsharded) fp32 CPU tensors by parameter name; collective under FSDP2."""
+    def full_state_dict(self, keep: bool = True) -> dict[str, torch.Tensor]:
+        """Full (unsharded) fp32 CPU tensors by parameter name; collective under FSDP2.
+
+        Args:
+            keep: False on ranks that only take part in the gathers (returns {} there, saving host memory).
+        """
         out = {}
         for name, t in self.shadow.items():
             full = t.full_tensor() if hasattr(t, "full_tensor") else t
-            out[name] = full.detach().cpu().clone()
+            if keep:
+                out[name] = full.detach().cpu().clone()
         return out
 
     @torch.no_grad()

@@ -298,7 +298,7 @@ def _export(run: _Run) -> Path:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     state = get_model_state_dict(run.module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    ema = run.ema.full_state_dict() if run.ema is not None else {}
+    ema = run.ema.full_state_dict(keep=run.info.is_main) if run.ema is not None else {}
     path = run.out / "model.safetensors"
     if run.info.is_main:
         state.update({k: v.to(state[k].dtype) for k, v in ema.items()})
