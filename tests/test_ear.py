@@ -198,3 +198,22 @@ def test_adaptive_high_threshold_spends_more_passes():
     assert int(strict.tokens_BL.min()) >= 0 and int(loose.tokens_BL.min()) >= 0
     with pytest.raises(ValueError, match="next_any"):
         sample_adaptive(proc, _model("debug_raster"), labels, AdaptiveConfig())
+
+
+def test_growth_frames_grey_out_ungenerated_cells():
+    from argen.sampling.ar import growth_frames
+
+    model = _model()
+    out = GenerationProcess.for_model(model, SamplingConfig(seed=1)).sample(
+        model, torch.tensor([0]), snapshots=True
+    )
+
+    def decode(codes_BHW):  # stand-in tokenizer: each code becomes a 2x2 patch of value code / 63
+        return codes_BHW.float().div(63).repeat_interleave(2, 1).repeat_interleave(2, 2)[:, None]
+
+    frames = growth_frames(out.snapshots, decode, 4)
+    assert len(frames) == 7 and frames[0].shape == (1, 1, 8, 8)
+    first = frames[0][0, 0, ::2, ::2]  # one pixel per cell
+    known = out.snapshots[0].view(4, 4) >= 0
+    assert int(known.sum()) == 1 and torch.all(first[~known] == 0.5)
+    assert torch.allclose(frames[-1], decode(out.tokens_BL.view(1, 4, 4)))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -328,3 +329,25 @@ def extend_from_centre(
         raise ValueError("extending beyond the training canvas needs a model with rope_mode='grid'")
     prefix = centre_prefix(process.order, centre_BKK)
     return process.sample(model, labels_B, prefix_BP=prefix, snapshots=snapshots)
+
+
+def growth_frames(
+    snapshots: list[torch.Tensor], decode: Callable[[torch.Tensor], torch.Tensor], grid: int
+) -> list[torch.Tensor]:
+    """Images of the canvas after each pass (progressive preview / growth GIF).
+
+    Args:
+        snapshots: (B, L) raster tokens per pass, -1 where not generated yet (`SampleOutput.snapshots`).
+        decode: tokenizer decode, (B, n, n) codes -> (B, C, H, W) images in [0, 1].
+        grid: n.
+
+    Returns:
+        One (B, C, H, W) image per pass; cells not generated yet are shown mid-grey.
+    """
+    frames = []
+    for snap_BL in snapshots:
+        img_BCHW = decode(snap_BL.clamp(min=0).view(-1, grid, grid))
+        known = (snap_BL >= 0).view(-1, 1, grid, grid).to(img_BCHW.dtype)
+        known = torch.nn.functional.interpolate(known, size=img_BCHW.shape[-2:], mode="nearest")
+        frames.append(img_BCHW * known + 0.5 * (1 - known))
+    return frames
