@@ -80,7 +80,7 @@ def toy_dataset(cfg: TrainConfig) -> TensorDataset:
     return TensorDataset(x_ND, y_N, x_ND.sin().sum(-1) + 0.5 * y_N)
 
 
-register_task(
+_TOY = register_task(
     Task(
         "test_training_toy",
         lambda d: ToyNet(ToyConfig(**{k: v for k, v in d.items() if k != "preset"})),
@@ -88,6 +88,9 @@ register_task(
         toy_loss,
     )
 )
+
+
+register_task(Task("test_training_toy_b", _TOY.build_model, toy_dataset, toy_loss))
 
 
 def toy_cfg(out: Path, **kw) -> TrainConfig:
@@ -210,6 +213,11 @@ def test_corrupt_or_mismatched_checkpoint_refused_without_writes(tmp_path):
         run(toy_cfg(out2, steps=8, model={"preset": "debug", "hidden": 32}))
     with pytest.raises(CheckpointError, match="would overwrite"):
         run(toy_cfg(out2, steps=8, resume="never"))
+    with pytest.raises(CheckpointError, match="would overwrite"):
+        CALLS["n"] = 0
+        train(toy_cfg(out2, steps=8), resume=False)
+    with pytest.raises(CheckpointError, match="task="):
+        run(toy_cfg(out2, steps=8, task="test_training_toy_b"))
     assert snapshot(out2) == before
 
 

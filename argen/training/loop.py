@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from argen.config import TrainConfig, to_dict
+from argen.config import TrainConfig, replace, to_dict
 from argen.distributed import (
     DistInfo,
     all_reduce_sum,
@@ -310,16 +310,23 @@ def _export(run: _Run) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------- entry
-def train(cfg: TrainConfig) -> Path:
+def train(cfg: TrainConfig, resume: bool | str | None = None) -> Path:
     """Train `cfg.task` as configured; returns the exported model path (out_dir/model.safetensors).
 
     Launch with `torchrun --nproc_per_node N` for multi-process DDP/FSDP2; a plain call is one process.
-    Resumes from out_dir/checkpoints according to `cfg.resume`.
+
+    Args:
+        resume: overrides `cfg.resume`: True = "always" (a checkpoint must exist in out_dir/checkpoints),
+            False = "never" (start fresh; refused if checkpoints exist), a string = that mode,
+            None = `cfg.resume` (default "auto": continue if there is a checkpoint).
 
     Raises:
         NonFiniteLossError: the loss went NaN/inf (the last good checkpoint is kept).
         CheckpointError: the checkpoint to resume from is corrupt or belongs to another task/model.
     """
+    if resume is not None:
+        mode = {True: "always", False: "never"}.get(resume, resume) if isinstance(resume, bool) else resume
+        cfg = replace(cfg, resume=mode)
     owns_group = launched_by_torchrun() and not torch.distributed.is_initialized()
     info = init_distributed(cfg.device)
     try:
