@@ -182,7 +182,11 @@ def sample_next_scale_reference(
         logits_GLV = var(labels_G, inputs_BLCv.repeat(reps, 1, 1))
         idx_Bl = _sample_scale(logits_GLV[:, begin:end], batch, scales[si], cfg, generator)
         tokens.append(idx_Bl)
-        inputs_BLCv = torch.cat((inputs_BLCv, decoder.add(si, idx_Bl)), dim=1)
+        next_BlCv = decoder.add(si, idx_Bl)
         if config.progression:
             frames.append(decoder.image())
+        if si + 1 < len(var.config.patch_nums):
+            inputs_BLCv = torch.cat(
+                (inputs_BLCv, next_BlCv), dim=1
+            )  # the reference may grow; the fast one not
     return NextScaleOutput(decoder.image(), tokens, frames if config.progression else None)
