@@ -186,7 +186,5 @@ def sample_next_scale_reference(
         if config.progression:
             frames.append(decoder.image())
         if si + 1 < len(var.config.patch_nums):
-            inputs_BLCv = torch.cat(
-                (inputs_BLCv, next_BlCv), dim=1
-            )  # the reference may grow; the fast one not
+            inputs_BLCv = torch.cat((inputs_BLCv, next_BlCv), dim=1)
     return NextScaleOutput(decoder.image(), tokens, frames if config.progression else None)
