@@ -135,9 +135,10 @@ def test_teacher_forcing_is_block_causal_and_prefix_consistent():
             model(labels, x[:, :2])
 
 
-@pytest.mark.parametrize("shared_aln", [False, True])
-def test_every_parameter_gets_a_gradient(shared_aln):
-    model = VAR(var_config("debug", shared_aln=shared_aln, drop_path_rate=0.1)).train()
+@pytest.mark.parametrize(("shared_aln", "l2_norm"), [(False, True), (True, True), (False, False)])
+def test_every_parameter_gets_a_gradient(shared_aln, l2_norm):
+    cfg = var_config("debug", shared_aln=shared_aln, attn_l2_norm=l2_norm, drop_path_rate=0.1)
+    model = VAR(cfg).train()
     cfg = model.config
     labels = torch.tensor([0, cfg.num_classes])
     logits = model(labels, torch.randn(2, cfg.seq_len - 1, cfg.vae_channels))
