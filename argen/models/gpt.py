@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from argen.config import from_dict
 from argen.models.checkpoints import drop_keys, load_strict, read_official, register
 from argen.nn.attention import attention
 from argen.nn.kv_cache import kv_caches
@@ -59,7 +60,7 @@ class GPTConfig:
     init_std: float = 0.02
     grid: int = 16
     order: str = "raster"
-    schedule: str | None = None
+    schedule: str | int | list[int] | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -128,7 +129,7 @@ def gpt_config(preset: str, **overrides) -> GPTConfig:
     """GPTConfig from a named preset plus field overrides."""
     if preset not in PRESETS:
         raise ValueError(f"unknown GPT preset {preset!r}; choose one of {sorted(PRESETS)}")
-    return GPTConfig(**{**PRESETS[preset], **overrides})
+    return from_dict(GPTConfig, {**PRESETS[preset], **overrides}, where=f"gpt preset {preset!r}")
 
 
 class Attention(nn.Module):
