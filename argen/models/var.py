@@ -358,7 +358,7 @@ class VAR(nn.Module):
 
     def logits(self, x_BLC: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
         """(B, L, C) hidden states -> (B, L, V) logits (float32)."""
-        return self.head(self.head_nm(x_BLC.float(), cond_BD)).float()
+        return self.head(self.head_nm(x_BLC, cond_BD)).float()
 
     # ------------------------------------------------------------------------------------- entry points
     def forward(self, labels_B: torch.Tensor, var_input_BLCv: torch.Tensor) -> torch.Tensor:
@@ -381,7 +381,7 @@ class VAR(nn.Module):
             )
         cond_BD = self.class_emb(labels_B)
         sos_BlC = cond_BD[:, None].expand(-1, cfg.scale_sizes[0], -1) + self.pos_start
-        x_BLC = torch.cat((sos_BlC, self.word_embed(var_input_BLCv.float())), dim=1)
+        x_BLC = torch.cat((sos_BlC, self.word_embed(var_input_BLCv.to(self.word_embed.weight.dtype))), dim=1)
         x_BLC = x_BLC + self.lvl_pos()[:, :length]
         mask_LL = self.block_causal_mask(length, x_BLC.device)
         for block, mods in zip(self.blocks, self.block_mods(cond_BD), strict=True):
