@@ -177,6 +177,8 @@ def test_kill_and_resume_is_bit_identical(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run(crashed)
     assert ckpt.latest_checkpoint(tmp_path / "b" / "checkpoints").name == "step_00000004"
+    with open(tmp_path / "b" / "metrics.jsonl", "a") as f:
+        f.write('{"step": 7, "lo')  # a record cut short by the kill
     resumed = load_file(str(run(toy_cfg(tmp_path / "b"))))
     assert ref.keys() == resumed.keys()
     for k in ref:

@@ -241,6 +241,14 @@ def _train_step(run: _Run, micro: list[Any]) -> tuple[float, float, dict[str, fl
 
 
 # -------------------------------------------------------------------------------------------- logging
+def _record_step(line: str) -> float:
+    """Step of a metrics.jsonl line; a line cut short by a crash counts as past any step (dropped)."""
+    try:
+        return json.loads(line).get("step", 0)
+    except json.JSONDecodeError:
+        return math.inf
+
+
 class _Logger:
     """metrics.jsonl (+ optional TensorBoard) on rank 0; a no-op elsewhere."""
 
@@ -252,11 +260,7 @@ class _Logger:
             return
         run.out.mkdir(parents=True, exist_ok=True)
         if self.path.exists():  # drop records past the resumed step so the log matches the weights
-            keep = [
-                ln
-                for ln in self.path.read_text().splitlines()
-                if ln and json.loads(ln).get("step", 0) <= run.step
-            ]
+            keep = [ln for ln in self.path.read_text().splitlines() if _record_step(ln) <= run.step]
             self.path.write_text("".join(ln + "\n" for ln in keep))
         if run.cfg.tensorboard:
             try:
@@ -325,7 +329,7 @@ def train(cfg: TrainConfig, resume: bool | str | None = None) -> Path:
         CheckpointError: the checkpoint to resume from is corrupt or belongs to another task/model.
     """
     if resume is not None:
-        mode = {True: "always", False: "never"}.get(resume, resume) if isinstance(resume, bool) else resume
+        mode = ("always" if resume else "never") if isinstance(resume, bool) else resume
         cfg = replace(cfg, resume=mode)
     owns_group = launched_by_torchrun() and not torch.distributed.is_initialized()
     info = init_distributed(cfg.device)
