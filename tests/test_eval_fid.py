@@ -35,6 +35,15 @@ def test_fid_matches_closed_form_for_gaussians():
     assert fid.fid_from_stats(feature_stats(x), feature_stats(y)) == pytest.approx(closed, rel=0.02)
 
 
+def test_eigh_method_agrees_with_sqrtm():
+    mu1, s1, mu2, s2, closed = _rotated_gaussians(d=12, seed=3)
+    assert frechet_distance(mu1, s1, mu2, s2, method="eigh") == pytest.approx(closed, rel=1e-8)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 64)), rng.normal(size=(40, 64)) * 1.5 + 0.2  # singular covariances
+    a, b = feature_stats(x), feature_stats(y)
+    assert fid.fid_from_stats(a, b, "eigh") == pytest.approx(fid.fid_from_stats(a, b, "sqrtm"), rel=1e-4)
+
+
 def test_fid_singular_covariance_is_finite():
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(10, 64)), rng.normal(size=(10, 64)) + 1  # D > N: rank-deficient covariances

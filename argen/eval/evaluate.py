@@ -38,6 +38,7 @@ class EvalConfig:
     features: "inception" (standard FID) or "classifier" (NON-STANDARD domain features of argen's classifier).
     classifier: argen classifier file for class accuracy / domain features (None = the shipped one).
     n: use the first n samples (None = all). keep_feats: reference features kept for KID / PR.
+    fid_method: "sqrtm" (standard scipy sqrtm) or "eigh" (same value from eigendecompositions, faster).
     kid_subsets / kid_subset_size: KID averaging. pr_k: k of the k-NN manifolds; pr_max: samples per side.
     seed: seed of every random subset drawn here. sample_seed: the sampler's seed, recorded in the report.
     out: JSON report path (None = do not write).
@@ -53,6 +54,7 @@ class EvalConfig:
     classifier: str | None = None
     n: int | None = None
     keep_feats: int = 10000
+    fid_method: str = "sqrtm"
     kid_subsets: int = 100
     kid_subset_size: int = 1000
     pr_k: int = 3
@@ -65,6 +67,8 @@ class EvalConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        if self.fid_method not in ("sqrtm", "eigh"):
+            raise ValueError(f"fid_method must be 'sqrtm' or 'eigh', got {self.fid_method!r}")
         if self.features not in ("inception", "classifier"):
             raise ValueError(f"features must be 'inception' or 'classifier', got {self.features!r}")
         if self.reference != FMNIST and not self.reference.endswith(".npz"):
@@ -199,7 +203,7 @@ def reference_stats(cfg: EvalConfig, extractor: Extractor) -> tuple[FeatureStats
 
 def set_metrics(feats: np.ndarray, ref: FeatureStats, cfg: EvalConfig) -> dict[str, Any]:
     """FID, KID and precision/recall of one feature set against the reference."""
-    out: dict[str, Any] = {"n": len(feats), "fid": fid_from_stats(feature_stats(feats), ref)}
+    out: dict[str, Any] = {"n": len(feats), "fid": fid_from_stats(feature_stats(feats), ref, cfg.fid_method)}
     if ref.feats is None:
         out.update(
             kid_mean=None,
