@@ -161,6 +161,8 @@ def test_train_loss_decreases_and_exports(tmp_path):
     first, last = sum(r["loss"] for r in records[:5]) / 5, sum(r["loss"] for r in records[-5:]) / 5
     assert last < 0.5 * first, (first, last)
     assert all(r["img_per_s"] > 0 and math.isfinite(r["grad_norm"]) for r in records)
+    for i in (0, 1, 39):  # the logged rate is the one step i+1 used (no warm-up: step 1 has the full rate)
+        assert records[i]["lr"] == pytest.approx(3e-2 * lr_factor(i, cfg.optim, 40))
     model = load_model(path)
     assert isinstance(model, ToyNet)
     final = ckpt.load_checkpoint(ckpt.latest_checkpoint(tmp_path / "a" / "checkpoints"))

@@ -356,13 +356,13 @@ def _train(cfg: TrainConfig, info: DistInfo) -> Path:
     t0, n0 = time.perf_counter(), run.step
     try:
         while run.step < cfg.steps:
+            lr = run.optimizer.param_groups[0]["lr"]  # the rate this step uses (the scheduler moves it after)
             loss, norm, metrics = _train_step(run, next(batches))
             run.step += 1
             img_s = (run.step - n0) * cfg.batch_size / max(time.perf_counter() - t0, 1e-9)
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{img_s:.1f}")
             if run.step % cfg.log_every == 0 or run.step == cfg.steps:
-                lr = run.optimizer.param_groups[0]["lr"]
                 logger.log(
                     {
                         "step": run.step,
