@@ -107,7 +107,10 @@ def load_folder(path: str | Path) -> tuple[torch.Tensor, torch.Tensor | None]:
     root = Path(path)
     files = sorted(f for f in root.rglob("*") if f.suffix.lower() in _IMAGE_EXTS)
     if not files:
-        raise ValueError(f"no images ({', '.join(sorted(_IMAGE_EXTS))}) found under {root}")
+        raise ValueError(
+            f"no images ({', '.join(sorted(_IMAGE_EXTS))}) found under {root}; a folder of .npz sample "
+            "shards must be packed first (argen.sampling.writer.pack_npz) and evaluated as one .npz"
+        )
     arrs = []
     for f in files:
         with Image.open(f) as im:

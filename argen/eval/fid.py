@@ -194,8 +194,9 @@ def cached_stats(key: dict[str, object], compute: Callable[[], FeatureStats]) ->
     """
     text = "|".join(f"{k}={key[k]}" for k in sorted(key))
     name = "_".join(str(key[k]) for k in sorted(key) if k in ("dataset", "split", "n", "extractor"))
+    name = name.replace("/", "-")[-120:]  # readable but bounded; the digest keys the whole dict
     digest = hashlib.sha1(text.encode()).hexdigest()[:10]
-    path = cache_dir() / "ref_stats" / f"{name}_{digest}.npz".replace("/", "-")
+    path = cache_dir() / "ref_stats" / f"{name}_{digest}.npz"
     if path.is_file():
         return load_stats(path), path
     stats = compute()
