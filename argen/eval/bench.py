@@ -156,6 +156,7 @@ def bench_sampler(
         "img_per_s": best["img_per_s"],
         "best_batch_size": best["batch_size"],
         "peak_mem_bytes": max((r["peak_mem_bytes"] or r["peak_mem_over_baseline_bytes"]) for r in rows),
+        "peak_mem_kind": "cuda_max_memory_allocated" if device.type == "cuda" else "cpu_rss_growth_estimate",
     }
     out.update(meta or {})
     if (meta or {}).get("flops_per_image"):
