@@ -5,6 +5,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -76,6 +81,7 @@ def toy_loss(model, batch, opts):
     CALLS["n"] += 1
     if CALLS["n"] == opts.get("crash_at_call"):
         raise KeyboardInterrupt("simulated kill")
+    time.sleep(opts.get("sleep", 0.0))  # gives a test time to SIGKILL the process mid-run
     loss = (model(x_BD, y_B) - t_B).pow(2).mean()
     if CALLS["n"] == opts.get("nan_at_call"):
         loss = loss * float("nan")
@@ -276,3 +282,27 @@ def test_tensorboard_optional(tmp_path):
             run(cfg)
         return
     assert isinstance(load_model(run(cfg)), ToyNet) and any((tmp_path / "tb" / "tb").iterdir())
+
+
+def test_sigkill_then_resume_is_bit_identical(tmp_path):
+    """A real kill -9 at an arbitrary moment (possibly while a checkpoint is being written)."""
+    out = tmp_path / "k"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, __file__, str(out)], env=env, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    ckpts = out / "checkpoints"
+    while proc.poll() is None and time.monotonic() < deadline and not ckpt.list_checkpoints(ckpts):
+        time.sleep(0.02)
+    time.sleep(0.25)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "model.safetensors").exists(), "the run finished before it could be killed"
+    assert ckpt.list_checkpoints(out / "checkpoints"), "killed before the first checkpoint"
+    resumed = load_file(str(run(toy_cfg(out, steps=30))))
+    ref = load_file(str(run(toy_cfg(tmp_path / "ref", steps=30))))
+    assert all(torch.equal(ref[k], resumed[k]) for k in ref)
+
+
+if __name__ == "__main__":  # the process killed by test_sigkill_then_resume_is_bit_identical
+    torch.set_num_threads(1)
+    run(toy_cfg(Path(sys.argv[1]), steps=30, ckpt_every=2, objective={"sleep": 0.1}))
