@@ -2,7 +2,8 @@
 
 Sample i always gets label `labels[i]` and seed `seed_base(seed) + i`, whichever rank or batch makes it, so a
 folder filled by 8 GPUs equals one filled by 1 (given a `sample_fn` that honours the per-sample seeds).
-Files: `{i:06d}.png`, or `.npz` shards `shard_{first:06d}_{last:06d}.npz` holding indices, images, labels.
+Files: `{i:06d}.png` (label in a PNG text chunk), or `.npz` shards `shard_{first:06d}_{last:06d}.npz`
+holding indices, images and labels.
 """
 
 from __future__ import annotations
@@ -102,9 +103,13 @@ def _write_batch(
             lambda p: _savez(p, indices=idx_B.numpy(), images=img_BHWC, labels=labels_B.numpy()),
         )
         return
-    for i, arr in zip(idx_B.tolist(), img_BHWC, strict=True):
+    from PIL.PngImagePlugin import PngInfo
+
+    for i, arr, label in zip(idx_B.tolist(), img_BHWC, labels_B.tolist(), strict=True):
         im = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
-        _atomic(folder / f"{i:06d}.png", lambda p, im=im: im.save(p, format="PNG"))
+        info = PngInfo()
+        info.add_text("label", str(label))  # so pack_npz can emit ADM's arr_1 for PNG folders too
+        _atomic(folder / f"{i:06d}.png", lambda p, im=im, info=info: im.save(p, format="PNG", pnginfo=info))
 
 
 def write_samples(
@@ -189,8 +194,9 @@ def pack_npz(
     for p in sorted(folder.iterdir()):
         if (m := _PNG.fullmatch(p.name)) and int(m.group(1)) < num:
             with Image.open(p) as im:
-                arr = np.asarray(im)
+                arr, label = np.asarray(im), im.text.get("label")
             images[int(m.group(1))] = arr[..., None] if arr.ndim == 2 else arr
+            labels[int(m.group(1))] = int(label) if label is not None else None
         elif _SHARD.fullmatch(p.name):
             with np.load(p, allow_pickle=False) as f:
                 for i, img, lab in zip(f["indices"], f["images"], f["labels"], strict=True):
