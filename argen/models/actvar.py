@@ -221,6 +221,15 @@ class ActVAR(nn.Module):
         sizes = torch.tensor([self.config.var.scale_sizes[s] for s in seg.scales], device=device)
         return torch.repeat_interleave(torch.tensor([values[s] for s in seg.scales], device=device), sizes)
 
+    def _experts_per_token(self, seg: _Segment, x_BLC: torch.Tensor) -> torch.Tensor | int | None:
+        """None = all experts everywhere (no routing); an int for one scale; else a (B, L) tensor."""
+        ks = {self.config.experts_k[s] for s in seg.scales}
+        if ks == {self.config.num_experts}:
+            return None
+        if len(ks) == 1:
+            return ks.pop()
+        return self._per_position(self.config.experts_k, seg, x_BLC.device).expand(x_BLC.shape[0], -1)
+
     def _keep_index(
         self, i: int, h_BLC: torch.Tensor, seg: _Segment
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -271,7 +280,9 @@ class ActVAR(nn.Module):
             k_BHLD, v_BHLD = k_all[:, :, : seg.end], v_all[:, :, : seg.end]
         else:
             k_ids = k_ids[seg.begin :]
-        out = attention(q_BHnD, k_BHLD, v_BHLD, group_mask(q_ids_n, k_ids), scale=scale)
+        # A cached step's queries share one scale and the cache prefix holds exactly the scales it may see.
+        mask_nS = None if seg.cached else group_mask(q_ids_n, k_ids)
+        out = attention(q_BHnD, k_BHLD, v_BHLD, mask_nS, scale=scale)
         return attn.proj(out.transpose(1, 2).reshape(B, -1, C))
 
     def _ffn(
@@ -279,15 +290,17 @@ class ActVAR(nn.Module):
         block: nn.Module,
         x_BnC: torch.Tensor,
         mods: tuple,
-        k_Bn: torch.Tensor | None,
+        k_Bn: torch.Tensor | int | None,
         trace: dict | None,
     ) -> torch.Tensor:
-        """Gated FFN update of (B, n, C) tokens, k_Bn experts each (None = all experts: the dense path)."""
+        """Gated FFN update of (B, n, C) tokens with k_Bn experts each (an int when uniform; None = all
+        experts: the dense path)."""
         _, gamma2, _, scale2, _, shift2 = mods
         h_BnC = _modulated(block, x_BnC, scale2, shift2)
         if trace is not None:
-            k = k_Bn if k_Bn is not None else torch.full(h_BnC.shape[:2], self.config.num_experts)
-            trace["router"].append((block.ffn.router(h_BnC), k.to(h_BnC.device)))
+            k = k_Bn if isinstance(k_Bn, torch.Tensor) else self.config.num_experts if k_Bn is None else k_Bn
+            k = k if isinstance(k, torch.Tensor) else torch.full(h_BnC.shape[:2], k, device=h_BnC.device)
+            trace["router"].append((block.ffn.router(h_BnC), k))
         return block.ffn(h_BnC, k_Bn).mul(gamma2)
 
     def _block(
@@ -302,9 +315,7 @@ class ActVAR(nn.Module):
         """One block over the segment's tokens, (B, L, C) -> (B, L, C)."""
         block = self.var.blocks[i]
         gamma1, _, scale1, _, shift1, _ = mods
-        k_BL = None  # all experts at every scale of the segment: no routing at all
-        if any(self.config.experts_k[s] < self.config.num_experts for s in seg.scales):
-            k_BL = self._per_position(self.config.experts_k, seg, x_BLC.device).expand(x_BLC.shape[0], -1)
+        k_BL = self._experts_per_token(seg, x_BLC)
         h_BLC = _modulated(block, x_BLC, scale1, shift1)
         keep = self._keep_index(i, h_BLC, seg)
         if keep is None:  # every token computed: VAR's own attention branch
@@ -320,7 +331,7 @@ class ActVAR(nn.Module):
         ste_Bn1 = _ste(torch.gather(score_BL, 1, keep_Bn))[..., None] if self.config.straight_through else 1.0
         x_BnC = torch.gather(x_BLC, 1, idx_BnC)
         x_BnC = x_BnC + self._sparse_attn(block, h_BLC, keep_Bn, q_ids_n, seg).mul(gamma1) * ste_Bn1
-        k_Bn = torch.gather(k_BL, 1, keep_Bn) if k_BL is not None else None
+        k_Bn = torch.gather(k_BL, 1, keep_Bn) if isinstance(k_BL, torch.Tensor) else k_BL
         x_BnC = x_BnC + self._ffn(block, x_BnC, mods, k_Bn, trace) * ste_Bn1
         return (x_BLC + self.selectors[str(i)].reconstruct(h_BLC)).scatter(1, idx_BnC, x_BnC)
 

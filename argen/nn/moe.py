@@ -226,19 +226,22 @@ class MoEFFN(nn.Module):
         return self.fc1.weight.view(e, m, c), self.fc1.bias.view(e, m), w2_EMC
 
     def route(
-        self, x_NC: torch.Tensor, k_N: torch.Tensor
+        self, x_NC: torch.Tensor, k_N: torch.Tensor | int
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Top-k experts per token (k may differ per token).
+        """Top-k experts per token (k an int, or a tensor when it differs per token).
 
         Returns:
             tok_A, exp_A, weight_A (the assignments) and the router logits (N, E).
         """
         logits_NE = self.router(x_NC)
-        k_max = int(k_N.max())
+        k_max = k_N if isinstance(k_N, int) else int(k_N.max())
         top_NK = torch.topk(logits_NE, k_max, dim=1, sorted=True).indices
-        valid_NK = torch.arange(k_max, device=x_NC.device)[None, :] < k_N[:, None]
-        tok_A = torch.arange(x_NC.shape[0], device=x_NC.device)[:, None].expand_as(top_NK)[valid_NK]
-        exp_A = top_NK[valid_NK]
+        tok_NK = torch.arange(x_NC.shape[0], device=x_NC.device)[:, None].expand_as(top_NK)
+        if isinstance(k_N, int):  # uniform k (a sampling step): no ragged selection, no host sync
+            tok_A, exp_A = tok_NK.reshape(-1), top_NK.reshape(-1)
+        else:
+            valid_NK = torch.arange(k_max, device=x_NC.device)[None, :] < k_N[:, None]
+            tok_A, exp_A = tok_NK[valid_NK], top_NK[valid_NK]
         if self.config.straight_through:
             s_A = torch.sigmoid(logits_NE[tok_A, exp_A])
             weight_A = (s_A - s_A.detach()) + 1.0  # exactly 1 forward; gradient reaches the router
@@ -259,15 +262,14 @@ class MoEFFN(nn.Module):
             (..., C).
         """
         num = self.config.num_experts
-        if k_N is None:
-            k_N = num
-        if isinstance(k_N, int):
-            k_N = torch.full(x_NC.shape[:-1], k_N, dtype=torch.long, device=x_NC.device)
-        if not force_grouped and bool((k_N >= num).all()):
+        k_N = num if k_N is None else k_N
+        k_N = min(max(k_N, 1), num) if isinstance(k_N, int) else k_N.reshape(-1).clamp(1, num)
+        all_on = k_N == num if isinstance(k_N, int) else bool((k_N >= num).all())
+        if all_on and not force_grouped:
             return self.fc2(F.gelu(self.fc1(x_NC), approximate="tanh"))
         lead = x_NC.shape[:-1]
         x = x_NC.reshape(-1, x_NC.shape[-1])
-        tok_A, exp_A, weight_A, _ = self.route(x, k_N.reshape(-1).clamp(1, num))
+        tok_A, exp_A, weight_A, _ = self.route(x, k_N)
         y = grouped_expert_ffn(x, *self.expert_weights(), tok_A, exp_A, weight_A, self.config.backend)
         y = y + self.fc2.bias
         return y.view(*lead, -1)
