@@ -1,0 +1,149 @@
+"""`argen demo`: the whole pipeline, small, on a CPU, written to one folder with a summary JSON.
+
+Uses the models shipped in `argen/assets/` when they are there (tokenizer reconstructions, class grids of
+every shipped generator with steps and measured times, the EAR growth GIF, image extension); without a
+shipped tokenizer it trains one for `train_seconds` first.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+# generator asset -> (tokenizer asset, label in the demo, extra generation settings)
+GENERATORS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "raster_fmnist": ("vq_fmnist", "raster (LlamaGen)", {}),
+    "ear_fmnist": ("vq_fmnist", "EAR 31-step", {}),
+    "ear_any_fmnist": ("vq_fmnist", "EAR any-schedule, 8 passes", {"schedule": 8}),
+    "var_fmnist": ("msvq_fmnist", "VAR", {}),
+    "actvar_fmnist": ("msvq_fmnist", "ActVAR", {}),
+}
+
+
+@dataclass
+class DemoConfig:
+    """out: output folder. per_class: samples per class in each grid. train_seconds: tokenizer training
+    budget when no tokenizer is shipped. assets: folder of shipped models."""
+
+    out: str = "out/demo"
+    per_class: int = 4
+    train_seconds: float = 40.0
+    assets: str = str(ASSETS)
+    seed: int = 0
+
+
+def _asset(cfg: DemoConfig, name: str) -> Path | None:
+    path = Path(cfg.assets) / f"{name}.safetensors"
+    return path if path.is_file() else None
+
+
+def run_demo(cfg: DemoConfig) -> dict[str, Any]:
+    """Run every demo section that the shipped models allow; returns (and writes) the summary."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    summary: dict[str, Any] = {"out": str(out)}
+    t0 = time.perf_counter()
+    tokenizer = _asset(cfg, "vq_fmnist") or _train_tokenizer(cfg, out, summary)
+    summary["reconstruction"] = _reconstructions(tokenizer, out)
+    summary["generators"] = _generator_grids(cfg, out)
+    if _asset(cfg, "ear_fmnist") and _asset(cfg, "vq_fmnist"):
+        summary["extension"] = _extension(cfg, out)
+    summary["seconds"] = round(time.perf_counter() - t0, 1)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _train_tokenizer(cfg: DemoConfig, out: Path, summary: dict[str, Any]) -> Path:
+    """No shipped tokenizer: train the fmnist VQ preset for about `train_seconds` on this CPU."""
+    from argen.config import TrainConfig, from_dict
+    from argen.training.loop import train
+
+    steps = max(20, int(cfg.train_seconds * 2.5))  # ~0.4 s per batch-64 step on a 2-core CPU
+    tcfg = from_dict(
+        TrainConfig,
+        {
+            "task": "tokenizer",
+            "model": {"preset": "fmnist"},
+            "steps": steps,
+            "batch_size": 64,
+            "out_dir": str(out / "tokenizer_run"),
+            "ckpt_every": steps,
+            "log_every": 10,
+            "seed": cfg.seed,
+            "optim": {"lr": 1e-3, "warmup_steps": 10, "weight_decay": 0.0},
+        },
+    )
+    summary["tokenizer_training"] = {"steps": steps, "note": "no shipped tokenizer: trained here"}
+    return train(tcfg)
+
+
+def _reconstructions(tokenizer_path: Path, out: Path) -> dict[str, Any]:
+    """Test images vs their reconstructions through the 16x16 token grid, with PSNR and codebook usage."""
+    from argen.config import DataConfig
+    from argen.data import build_image_dataset
+    from argen.models.checkpoints import load_model
+    from argen.sampling.images import save_grid
+    from argen.tokenizers.evaluate import reconstruction_metrics
+
+    vq = load_model(tokenizer_path)
+    data = build_image_dataset(DataConfig(split="test"))
+    metrics = reconstruction_metrics(vq, data, max_images=1000)
+    img = torch.stack([data[i][0] for i in range(10)])
+    with torch.no_grad():
+        rec = vq.decode_codes(vq.encode(img))
+    pair = torch.stack([img, rec], dim=1).flatten(0, 1).add(1).div(2)
+    grid = save_grid(pair, out / "reconstructions.png", nrow=10, scale=3)
+    return {"tokenizer": str(tokenizer_path), "image": str(grid), **metrics}
+
+
+def _generator_grids(cfg: DemoConfig, out: Path) -> list[dict[str, Any]]:
+    """One class grid per shipped generator (rows = classes), with passes, FLOPs and measured time."""
+    from argen.sampling.images import save_gif, save_grid
+    from argen.sampling.pipeline import GenerateConfig, Pipeline
+
+    rows = []
+    for name, (tok_name, label, extra) in GENERATORS.items():
+        model, tok = _asset(cfg, name), _asset(cfg, tok_name)
+        if model is None or tok is None:
+            continue
+        pipe = Pipeline.load(
+            GenerateConfig(model=str(model), tokenizer=str(tok), device="cpu", batch_size=64, **extra)
+        )
+        labels = torch.arange(pipe.num_classes).repeat_interleave(cfg.per_class)
+        samples = pipe.sample(labels, frames=name == "ear_fmnist", seed=cfg.seed)
+        grid = save_grid(samples.images, out / f"{name}.png", nrow=cfg.per_class * 2, scale=3)
+        row = {
+            "name": name,
+            "label": label,
+            "image": str(grid),
+            "n": len(labels),
+            "seconds": round(samples.seconds, 2),
+            **pipe.cost(),
+        }
+        if samples.frames:
+            row["gif"] = str(
+                save_gif(samples.frames, out / "ear_growth.gif", nrow=cfg.per_class * 2, scale=3)
+            )
+        rows.append(row)
+    return rows
+
+
+def _extension(cfg: DemoConfig, out: Path) -> dict[str, Any]:
+    from argen.sampling.extend import ExtendConfig, extend_images
+
+    ecfg = ExtendConfig(
+        model=str(_asset(cfg, "ear_fmnist")),
+        tokenizer=str(_asset(cfg, "vq_fmnist")),
+        centre=8,
+        canvas=20,
+        device="cpu",
+        seed=cfg.seed,
+    )
+    return extend_images(ecfg, out)

@@ -1,0 +1,210 @@
+"""End-to-end CLI checks on tiny random models: files written, costs reported, user errors explained."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from argen.cli import main
+from argen.models.checkpoints import load_model, save_model
+from argen.models.gpt import GPT, gpt_config
+from argen.models.var import VAR, var_config
+from argen.tokenizers.multiscale import MultiScaleVQVAE, msvq_config
+from argen.tokenizers.vqgan import VQModel, vq_config
+
+
+def _init(model: torch.nn.Module) -> torch.nn.Module:
+    model.init_weights()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("models")
+    vq = _init(VQModel(vq_config("debug", in_channels=1, out_channels=1, codebook_size=64)))
+    ear = _init(GPT(gpt_config("debug", grid=16)))
+    msvq = _init(MultiScaleVQVAE(msvq_config("debug", in_channels=1, vocab_size=64)))
+    var = _init(VAR(var_config("debug")))
+    return {
+        name: save_model(m, d / name) for name, m in {"vq": vq, "ear": ear, "msvq": msvq, "var": var}.items()
+    }
+
+
+def _run(args: list[str], capsys: pytest.CaptureFixture) -> dict:
+    main(args)
+    out = capsys.readouterr().out
+    return json.loads(out[out.index("{") :])
+
+
+def test_ear_sample_writes_grid_gif_and_reports_passes(files: dict, tmp_path: Path, capsys) -> None:
+    rep = _run(
+        [
+            "sample",
+            "--model",
+            str(files["ear"]),
+            "--tokenizer",
+            str(files["vq"]),
+            "--classes",
+            "1,3",
+            "--n-per-class",
+            "2",
+            "--gif",
+            "--npz",
+            "--out",
+            str(tmp_path),
+            "--device",
+            "cpu",
+        ],
+        capsys,
+    )
+    assert rep["steps"] == 31 and rep["n"] == 4  # official 'sides' schedule on 16x16
+    assert Image.open(rep["grid"]).size[0] > 0
+    gif = Image.open(rep["gif"])
+    assert gif.n_frames == 31
+    arr = np.load(rep["npz"])
+    assert arr["arr_0"].shape == (4, 32, 32, 3) and arr["labels"].tolist() == [1, 1, 3, 3]
+
+
+def test_any_schedule_changes_passes(files: dict, capsys) -> None:
+    rep = _run(["flops", "--model", str(files["ear"]), "--schedule", "8"], capsys)
+    rep31 = _run(["flops", "--model", str(files["ear"])], capsys)
+    assert rep["steps"] == 8 and rep31["steps"] == 31
+    assert 0 < rep["gflops"] < rep31["gflops"]  # fewer passes re-read fewer [MASK] slots
+
+
+def test_var_sample_writes_scale_strip(files: dict, tmp_path: Path, capsys) -> None:
+    rep = _run(
+        [
+            "sample",
+            "--model",
+            str(files["var"]),
+            "--tokenizer",
+            str(files["msvq"]),
+            "--classes",
+            "0",
+            "--n-per-class",
+            "3",
+            "--gif",
+            "--out",
+            str(tmp_path),
+            "--device",
+            "cpu",
+        ],
+        capsys,
+    )
+    assert rep["steps"] == 4
+    assert Image.open(rep["strip"]).size[0] > Image.open(rep["strip"]).size[1]  # one column per scale
+
+
+def test_extension_onto_a_larger_canvas(files: dict, tmp_path: Path, capsys) -> None:
+    if not Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz").is_file():
+        pytest.skip("Fashion-MNIST not installed")
+    rep = _run(
+        [
+            "extend",
+            "--model",
+            str(files["ear"]),
+            "--tokenizer",
+            str(files["vq"]),
+            "--centre",
+            "6",
+            "--canvas",
+            "20",
+            "--images",
+            "0,1",
+            "--out",
+            str(tmp_path),
+            "--device",
+            "cpu",
+        ],
+        capsys,
+    )
+    assert rep["mode"] == "extension" and rep["canvas_tokens"] == 20
+    w, h = Image.open(rep["image"]).size
+    assert w > h  # three panels per row: original | kept centre | extended
+
+
+@pytest.mark.parametrize(
+    ("tokenizer", "extra", "message"),
+    [("vq", ["--classes", "12"], "out of range"), ("msvq", [], "needs a vq tokenizer")],
+)
+def test_user_errors_are_explained(files, tmp_path, capsys, tokenizer: str, extra: list, message) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(
+            [
+                "sample",
+                "--model",
+                str(files["ear"]),
+                "--tokenizer",
+                str(files[tokenizer]),
+                "--out",
+                str(tmp_path),
+                *extra,
+            ]
+        )
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_corrupt_model_file_is_explained(files: dict, tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(files["ear"].read_bytes()[:100])
+    bad.with_suffix(".json").write_text(files["ear"].with_suffix(".json").read_text())
+    with pytest.raises(SystemExit):
+        main(["flops", "--model", str(bad)])
+    assert "not a readable safetensors file" in capsys.readouterr().err
+
+
+def test_convert_official_var_accepts_derivable_buffers(tmp_path: Path, capsys) -> None:
+    var = _init(VAR(var_config("debug")))
+    state = dict(var.state_dict())
+    state["lvl_1L"] = torch.zeros(1, 30, dtype=torch.long)  # official derivable buffers: accepted, ignored
+    state["attn_bias_for_masking"] = torch.zeros(1, 1, 30, 30)
+    torch.save(state, tmp_path / "var_debug.pth")
+    main(
+        [
+            "convert",
+            "--official",
+            str(tmp_path / "var_debug.pth"),
+            "--kind",
+            "var",
+            "--preset",
+            "debug",
+            "--out",
+            str(tmp_path / "conv"),
+        ]
+    )
+    loaded = load_model(tmp_path / "conv.safetensors")
+    for k, v in var.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[k], v, rtol=0, atol=0)
+
+
+def test_tokenize_imagefolder(tmp_path: Path, capsys) -> None:
+    vq_rgb = save_model(_init(VQModel(vq_config("debug", codebook_size=64))), tmp_path / "vq_rgb")
+    for cls in ("a", "b"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((40, 36), 40 * i, np.uint8)).save(tmp_path / "imgs" / cls / f"{i}.png")
+    main(
+        [
+            "tokenize",
+            "--tokenizer",
+            str(vq_rgb),
+            "--source",
+            "imagefolder",
+            "--root",
+            str(tmp_path / "imgs"),
+            "--out",
+            str(tmp_path / "tok.npz"),
+            "--device",
+            "cpu",
+        ]
+    )
+    with np.load(tmp_path / "tok.npz") as f:
+        assert f["codes"].shape == (6, 256) and f["labels"].tolist() == [0, 0, 0, 1, 1, 1]
