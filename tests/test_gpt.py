@@ -194,3 +194,16 @@ def test_load_official_accepts_derivable_buffers_and_rejects_mismatch(tmp_path):
     assert torch.equal(loaded(tokens, labels, order), model(tokens, labels, order))
     with pytest.raises(CheckpointError, match="shape mismatches"):
         load_official_gpt(str(tmp_path / "ear.pt"), gpt_config("debug", vocab_size=32))
+
+
+@pytest.mark.parametrize("preset", ["debug", "debug_raster"])
+def test_prefix_in_one_pass_equals_uncached_forward(preset):
+    model = _model(preset, rope_mode="grid")
+    proc = GenerationProcess(build_order("spiral", 4, "sides"), SamplingConfig(temperature=1.3, seed=2))
+    labels = torch.tensor([4, 5])
+    prefix = torch.randint(0, 64, (2, 4))  # the first 2x2 square, fed in the first pass
+    out = proc.sample(model, labels, prefix_BP=prefix, return_logits=True)
+    seq = proc.order.to_sequence(out.tokens_BL)
+    assert torch.equal(seq[:, :4], prefix)
+    ref = model(seq, labels, proc.order)
+    assert torch.allclose(out.logits_BLV[:, 4:], ref[:, 4:], atol=1e-5)
