@@ -5,6 +5,7 @@ Used only by training, sampling and the CLI; models never see ranks.
 
 from __future__ import annotations
 
+import atexit
 import os
 import random
 from dataclasses import dataclass
@@ -53,7 +54,9 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
 def init_distributed(device: str = "auto") -> DistInfo:
     """Join the torchrun process group if launched by torchrun, else run as a single process.
 
-    The backend follows the device: nccl for CUDA, gloo for CPU. Safe to call twice.
+    The backend follows the device: nccl for CUDA, gloo for CPU. Safe to call many times: the group is
+    created once per process and destroyed at exit (or by `cleanup`), because creating it again after
+    `destroy_process_group` can deadlock (ranks rendezvous on stale store keys).
     """
     if not launched_by_torchrun():
         return DistInfo(0, 1, 0, resolve_device(device))
@@ -65,6 +68,7 @@ def init_distributed(device: str = "auto") -> DistInfo:
         dist.init_process_group(
             "nccl" if dev.type == "cuda" else "gloo", device_id=dev if dev.type == "cuda" else None
         )
+        atexit.register(_destroy_at_exit)
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, dev)
 
 
@@ -86,9 +90,15 @@ def barrier() -> None:
 
 
 def cleanup() -> None:
-    """Destroy the process group (if any) after a final barrier."""
+    """Destroy the process group (if any) after a final barrier; call once, at the end of a program."""
     if dist.is_initialized():
         dist.barrier()
+        dist.destroy_process_group()
+
+
+def _destroy_at_exit() -> None:
+    # No barrier: a rank exiting on an error must not wait for the others.
+    if dist.is_initialized():
         dist.destroy_process_group()
 
 

@@ -150,10 +150,10 @@ def worker(out: Path) -> None:
     from argen.distributed import cleanup, init_distributed
     from argen.training.loop import train
 
+    CALLS["n"] = 0
+    train(toy_cfg(out / "ddp", "ddp"))  # creates the process group; the later calls reuse it
     info = init_distributed("cpu")
     result = {"world": info.world_size, "grad_diff": _ddp_grad_diff()}
-    CALLS["n"] = 0
-    train(toy_cfg(out / "ddp", "ddp"))
     CALLS["n"] = 0
     train(toy_cfg(out / "fsdp", "fsdp"))
     CALLS["n"] = 0

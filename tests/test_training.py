@@ -23,7 +23,7 @@ from argen.models.checkpoints import CheckpointError, load_model, register
 from argen.training import checkpoint as ckpt
 from argen.training.ema import EMA
 from argen.training.loop import NonFiniteLossError, train
-from argen.training.optim import build_optimizer, lr_factor, no_decay_names
+from argen.training.optim import build_optimizer, build_scheduler, lr_factor, no_decay_names
 from argen.training.tasks import Task, register_task
 
 
@@ -238,6 +238,24 @@ def test_corrupt_or_mismatched_checkpoint_refused_without_writes(tmp_path):
     with pytest.raises(CheckpointError, match="task="):
         run(toy_cfg(out2, steps=8, task="test_training_toy_b"))
     assert snapshot(out2) == before
+
+
+def test_checkpoint_roundtrip_restores_optimizer_and_scheduler(tmp_path):
+    model = nn.Linear(3, 3, bias=False)  # a single (decay) parameter group
+    cfg = OptimConfig(warmup_steps=2)
+    opt = build_optimizer(model, cfg)
+    sched = build_scheduler(opt, cfg, 10)
+    for _ in range(3):
+        model(torch.randn(2, 3)).pow(2).sum().backward()  # gradients left in place on purpose
+        opt.step()
+        sched.step()
+    path = ckpt.save_checkpoint(tmp_path, ckpt.gather_training_state(model, opt, sched, None, 3, {}))
+    opt2 = build_optimizer(model, cfg)
+    sched2 = build_scheduler(opt2, cfg, 10)
+    ckpt.apply_training_state(ckpt.load_checkpoint(path), model, opt2, sched2, None, str(path))
+    a, b = opt.state_dict()["state"][0], opt2.state_dict()["state"][0]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert sched2.last_epoch == 3 and opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
 
 
 def test_shape_mismatch_reported(tmp_path):

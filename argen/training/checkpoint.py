@@ -356,6 +356,8 @@ def apply_training_state(
     check_shapes(model, state.model, source)
     opts = StateDictOptions(full_state_dict=True)
     set_model_state_dict(model, state.model, options=opts)
+    # The helper sizes the optimizer state by a zero-lr dummy step, which it skips when gradients exist.
+    optimizer.zero_grad(set_to_none=True)
     set_optimizer_state_dict(model, optimizer, state.optimizer, options=opts)
     if scheduler is not None and state.scheduler:
         scheduler.load_state_dict({**scheduler.state_dict(), **state.scheduler})

@@ -26,7 +26,6 @@ from argen.distributed import (
     all_reduce_sum,
     barrier,
     init_distributed,
-    launched_by_torchrun,
     seed_everything,
     wrap_model,
 )
@@ -331,13 +330,8 @@ def train(cfg: TrainConfig, resume: bool | str | None = None) -> Path:
     if resume is not None:
         mode = ("always" if resume else "never") if isinstance(resume, bool) else resume
         cfg = replace(cfg, resume=mode)
-    owns_group = launched_by_torchrun() and not torch.distributed.is_initialized()
-    info = init_distributed(cfg.device)
-    try:
-        return _train(cfg, info)
-    finally:
-        if owns_group:
-            torch.distributed.destroy_process_group()
+    info = init_distributed(cfg.device)  # the group outlives this call (see init_distributed)
+    return _train(cfg, info)
 
 
 def _train(cfg: TrainConfig, info: DistInfo) -> Path:

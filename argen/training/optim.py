@@ -47,6 +47,10 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+    # Empty groups are dropped: the distributed state-dict helpers cannot restore them.
+    groups = [g for g in groups if g["params"]]
+    if not groups:
+        raise ValueError(f"{type(model).__name__} has no trainable parameters")
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
 
 
