@@ -124,10 +124,9 @@ def center_crop_resize(img: Any, size: int) -> Any:
     return img.crop((left, top, left + s, top + s)).resize((size, size), Image.BICUBIC)
 
 
-def ten_crops(img: Any, size: int, ratio: float = 1.125) -> list[Any]:
-    """Ten size x size crops (4 corners + centre, and their mirror images) after resizing the short side.
-
-    The short side is resized to round(size * ratio) so the crops differ by a few pixels of translation.
+def ten_crop(img: Any, size: int, k: int, ratio: float = 1.125) -> Any:
+    """Crop k of ten (k < 5: corners TL, TR, BL, BR, centre; k >= 5: the mirror of crop k - 5), size x size,
+    after resizing the short side to round(size * ratio) so the crops differ by a few pixels of translation.
     """
     from PIL import Image
 
@@ -136,8 +135,14 @@ def ten_crops(img: Any, size: int, ratio: float = 1.125) -> list[Any]:
     img = img.resize((max(short, round(w * short / h)), max(short, round(h * short / w))), Image.BICUBIC)
     w, h = img.size
     boxes = [(0, 0), (w - size, 0), (0, h - size), (w - size, h - size), ((w - size) // 2, (h - size) // 2)]
-    crops = [img.crop((x, y, x + size, y + size)) for x, y in boxes]
-    return crops + [c.transpose(Image.FLIP_LEFT_RIGHT) for c in crops]
+    x, y = boxes[k % 5]
+    crop = img.crop((x, y, x + size, y + size))
+    return crop.transpose(Image.FLIP_LEFT_RIGHT) if k >= 5 else crop
+
+
+def ten_crops(img: Any, size: int, ratio: float = 1.125) -> list[Any]:
+    """All ten crops of `ten_crop`, in order."""
+    return [ten_crop(img, size, k, ratio) for k in range(10)]
 
 
 class ImageFolder(Dataset):
@@ -146,7 +151,7 @@ class ImageFolder(Dataset):
     Args:
         root: the class-folder tree.
         image_size: output side.
-        ten_crop: augmentation: each access returns one of the ten crops of `ten_crops`, chosen at random
+        ten_crop: augmentation: each access returns one of the ten crops of `ten_crop`, chosen at random
             (from torch's RNG, so it follows the trainer's seeding); otherwise a deterministic centre crop.
     """
 
@@ -178,7 +183,7 @@ class ImageFolder(Dataset):
         with Image.open(path) as im:
             img = im.convert("RGB")
         if self.ten_crop:
-            img = ten_crops(img, self.image_size)[int(torch.randint(10, ()))]
+            img = ten_crop(img, self.image_size, int(torch.randint(10, ())))
         else:
             img = center_crop_resize(img, self.image_size)
         arr = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())
