@@ -366,6 +366,12 @@ def cmd_convert(args: argparse.Namespace) -> None:
     print(f"written {convert_official(args.official, args.kind, args.preset, args.out)}")
 
 
+def cmd_reconstruct(args: argparse.Namespace) -> None:
+    from argen.tokenizers.evaluate import reconstruction_report
+
+    _print_json(reconstruction_report(args.tokenizer, args.out, args.n, args.split))
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from argen.demo import DemoConfig, run_demo
 
@@ -382,6 +388,13 @@ def add_models(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", help="model preset (e.g. d16, llamagen_vq16, GPT-B, EAR-B)")
     p.add_argument("--out", required=True, help="output path (NAME -> NAME.safetensors + NAME.json)")
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("reconstruct", help="tokenizer PSNR, codebook usage and a reconstruction picture")
+    p.add_argument("--tokenizer", required=True, help="argen vq or msvq model file")
+    p.add_argument("--n", type=int, default=2000, help="Fashion-MNIST images evaluated")
+    p.add_argument("--split", default="test")
+    p.add_argument("--out", default="out/reconstruct")
+    p.set_defaults(func=cmd_reconstruct)
 
     p = sub.add_parser("demo", help="the README's demo: run everything small on a CPU")
     p.add_argument("--out", default="out/demo")

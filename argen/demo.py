@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from argen.tokenizers.evaluate import reconstruction_report
+
 ASSETS = Path(__file__).resolve().parent / "assets"
 # generator asset -> (tokenizer asset, label in the demo, extra generation settings)
 GENERATORS: dict[str, tuple[str, str, dict[str, Any]]] = {
@@ -51,7 +53,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     summary: dict[str, Any] = {"out": str(out)}
     t0 = time.perf_counter()
     tokenizer = _asset(cfg, "vq_fmnist") or _train_tokenizer(cfg, out, summary)
-    summary["reconstruction"] = _reconstructions(tokenizer, out)
+    summary["reconstruction"] = reconstruction_report(tokenizer, out, max_images=1000)
     summary["generators"] = _generator_grids(cfg, out)
     if _asset(cfg, "ear_fmnist") and _asset(cfg, "vq_fmnist"):
         summary["extension"] = _extension(cfg, out)
@@ -82,25 +84,6 @@ def _train_tokenizer(cfg: DemoConfig, out: Path, summary: dict[str, Any]) -> Pat
     )
     summary["tokenizer_training"] = {"steps": steps, "note": "no shipped tokenizer: trained here"}
     return train(tcfg)
-
-
-def _reconstructions(tokenizer_path: Path, out: Path) -> dict[str, Any]:
-    """Test images vs their reconstructions through the 16x16 token grid, with PSNR and codebook usage."""
-    from argen.config import DataConfig
-    from argen.data import build_image_dataset
-    from argen.models.checkpoints import load_model
-    from argen.sampling.images import save_grid
-    from argen.tokenizers.evaluate import reconstruction_metrics
-
-    vq = load_model(tokenizer_path)
-    data = build_image_dataset(DataConfig(split="test"))
-    metrics = reconstruction_metrics(vq, data, max_images=1000)
-    img = torch.stack([data[i][0] for i in range(10)])
-    with torch.no_grad():
-        rec = vq.decode_codes(vq.encode(img))
-    pair = torch.stack([img, rec], dim=1).flatten(0, 1).add(1).div(2)
-    grid = save_grid(pair, out / "reconstructions.png", nrow=10, scale=3)
-    return {"tokenizer": str(tokenizer_path), "image": str(grid), **metrics}
 
 
 def _generator_grids(cfg: DemoConfig, out: Path) -> list[dict[str, Any]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -62,3 +63,27 @@ def reconstruction_metrics(
         raise ValueError("no images to evaluate: the dataset is empty or max_images is 0")
     usage, perplexity = usage_from_counts(counts_V)
     return {"psnr": psnr_sum / n, "usage": usage.item(), "perplexity": perplexity.item(), "n": n}
+
+
+def reconstruction_report(
+    tokenizer_path: str | Path, out: str | Path, max_images: int = 2000, split: str = "test", show: int = 10
+) -> dict[str, Any]:
+    """`argen reconstruct`: metrics of a tokenizer file on Fashion-MNIST plus `reconstructions.png`
+    (top row originals, bottom row reconstructions)."""
+    from argen.config import DataConfig
+    from argen.data import build_image_dataset
+    from argen.models.checkpoints import load_model
+    from argen.sampling.images import save_grid
+
+    model = load_model(tokenizer_path)
+    data = build_image_dataset(DataConfig(split=split))
+    metrics = reconstruction_metrics(model, data, max_images=max_images)
+    img_BCHW = torch.stack([data[i][0] for i in range(show)])
+    rec_BCHW, _ = _codes(model, img_BCHW)
+    grid = save_grid(
+        torch.cat([img_BCHW, rec_BCHW.clamp(-1, 1)]).add(1).div(2),
+        Path(out) / "reconstructions.png",
+        nrow=show,
+        scale=3,
+    )
+    return {"tokenizer": str(tokenizer_path), "split": split, "image": str(grid), **metrics}
