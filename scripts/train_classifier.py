@@ -1,7 +1,8 @@
 """Train the evaluation classifier (task "classifier") on Fashion-MNIST and write it as an argen model file.
 
-Example (the shipped asset, about 5 minutes on 2 CPU cores):
-    python scripts/train_classifier.py --epochs 3 --out argen/assets/classifier_fmnist
+The shipped asset (preset "fmnist", 110,922 parameters, 89.6% test accuracy) was made with
+    python scripts/train_classifier.py --epochs 5 --out argen/assets/classifier_fmnist
+(2,340 steps of batch 128; about 2 minutes on 2 idle CPU cores, 12 on a heavily shared machine).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def test_accuracy(model: torch.nn.Module, data_cfg: DataConfig) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="fmnist")
-    ap.add_argument("--epochs", type=float, default=3)
+    ap.add_argument("--epochs", type=float, default=5)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--seed", type=int, default=0)

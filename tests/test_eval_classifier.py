@@ -33,6 +33,12 @@ def test_presets_forward_gradients_and_round_trip(preset, tmp_path):
     torch.testing.assert_close(again(x), model.eval()(x))
 
 
+def test_deeper_stages_build():
+    model = build_classifier({"preset": "debug", "convs_per_stage": 2})
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in model.modules()) == 4
+    assert model(torch.randn(2, 1, 32, 32)).shape == (2, 10)
+
+
 def test_config_validation_says_what_to_do():
     with pytest.raises(ValueError, match="divisible"):
         ClassifierConfig(image_size=30)

@@ -35,7 +35,7 @@ class ClassifierConfig:
     image_size: int = 32
     num_classes: int = 10
     channels: tuple[int, ...] = (32, 64, 128)
-    convs_per_stage: int = 2
+    convs_per_stage: int = 1
     feat_dim: int = 128
     dropout: float = 0.1
 
@@ -55,7 +55,7 @@ class ClassifierConfig:
 
 PRESETS: dict[str, ClassifierConfig] = {
     "fmnist": ClassifierConfig(),
-    "debug": ClassifierConfig(channels=(8, 16), convs_per_stage=1, feat_dim=16),
+    "debug": ClassifierConfig(channels=(8, 16), feat_dim=16),
 }
 
 
