@@ -143,15 +143,7 @@ def grouped_expert_ffn(
     if backend == "auto":
         backend = "padded" if x_NC.is_cuda else "segment"
     if backend == "segment":
-        x_AC = x_NC[tok_sorted]
-        parts, start = [], 0
-        for e, count in enumerate(counts_E.tolist()):  # E iterations, each one contiguous slice
-            if count:
-                h = torch.addmm(b1_EM[e], x_AC[start : start + count], w1_EMC[e].T)
-                parts.append(F.gelu(h, approximate="tanh") @ w2_EMC[e])
-            start += count
-        y_AC = torch.cat(parts) * weight_A[order, None].to(x_NC.dtype)
-        return out_NC.index_add(0, tok_sorted, y_AC)
+        return _segment_ffn(x_NC, w1_EMC, b1_EM, w2_EMC, tok_sorted, counts_E, weight_A[order], out_NC)
     if backend != "padded":
         raise ValueError(f"expert backend must be 'auto', 'padded' or 'segment', got {backend!r}")
     cap = int(counts_E.max())
@@ -162,6 +154,36 @@ def grouped_expert_ffn(
     y_EPC = torch.bmm(F.gelu(h_EPM, approximate="tanh"), w2_EMC)
     y_AC = y_EPC.reshape(num_experts * cap, -1)[slot_A] * weight_A[order, None].to(x_NC.dtype)
     return out_NC.index_add(0, tok_sorted, y_AC)
+
+
+def _segment_ffn(
+    x_NC: torch.Tensor,
+    w1_EMC: torch.Tensor,
+    b1_EM: torch.Tensor,
+    w2_EMC: torch.Tensor,
+    tok_A: torch.Tensor,
+    counts_E: torch.Tensor,
+    weight_A: torch.Tensor,
+    out_NC: torch.Tensor,
+) -> torch.Tensor:
+    """Expert-sorted assignments, one contiguous slice per expert (E iterations, not per token)."""
+    x_AC = x_NC[tok_A]
+    inference = not torch.is_grad_enabled()
+    # Without autograd every expert writes straight into one output buffer (no concatenation copy).
+    y_AC = torch.empty_like(x_AC) if inference else None
+    parts, start = [], 0
+    for e, count in enumerate(counts_E.tolist()):
+        if count:
+            h = torch.addmm(b1_EM[e], x_AC[start : start + count], w1_EMC[e].T)
+            if inference:
+                torch.mm(F.gelu(h, approximate="tanh"), w2_EMC[e], out=y_AC[start : start + count])
+            else:
+                parts.append(F.gelu(h, approximate="tanh") @ w2_EMC[e])
+        start += count
+    y_AC = y_AC if inference else torch.cat(parts)
+    if not (inference and bool((weight_A == 1).all())):  # straight-through weights are exactly 1
+        y_AC = y_AC * weight_A[:, None].to(x_NC.dtype)
+    return out_NC.index_add_(0, tok_A, y_AC)
 
 
 class MoEFFN(nn.Module):
