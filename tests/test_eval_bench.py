@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from argen.eval.bench import BenchConfig, bench_sampler, run_bench
-from argen.eval.plot import lookup, plot_quality_speed
+from argen.eval.plot import _speed, lookup, plot_quality_speed
 
 
 def _sleepy_sampler(per_call_s: float, per_image_s: float):
@@ -74,8 +74,14 @@ def test_quality_speed_plot(tmp_path):
     path.write_text(
         json.dumps({"name": "VAR d16", "bench": {"img_per_s": 30.0}, "img_per_s": 30.0, "fid": 4.0})
     )
-    out = plot_quality_speed([*results, path], tmp_path / "plot.png", title="test")
+    eval_report = {
+        "n": 100,
+        "fid": 8.0,
+        "generator": {"model": "runs/ear.safetensors", "sample_seconds": 50.0},
+    }
+    out = plot_quality_speed([*results, path, eval_report], tmp_path / "plot.png", title="test")
     assert out.is_file() and out.stat().st_size > 10_000
+    assert _speed(eval_report, "img_per_s") == 2.0
     assert lookup({"a": {"b": 2}}, "a.b") == 2 and lookup({"a": 1}, "a.b") is None
     with pytest.raises(ValueError, match="img_per_s"):
         plot_quality_speed([{"fid": 1.0}], tmp_path / "x.png")

@@ -23,6 +23,15 @@ def lookup(result: dict[str, Any], key: str) -> Any:
     return node
 
 
+def _speed(result: dict[str, Any], x_key: str) -> Any:
+    """`x_key`; for an `argen eval --model` report without it, n / generator.sample_seconds."""
+    x = lookup(result, x_key)
+    seconds = lookup(result, "generator.sample_seconds")
+    if x is None and x_key == "img_per_s" and isinstance(seconds, int | float) and seconds > 0:
+        return result["n"] / seconds
+    return x
+
+
 def _load(result: dict[str, Any] | str | Path) -> dict[str, Any]:
     if isinstance(result, dict):
         return result
@@ -42,7 +51,8 @@ def plot_quality_speed(
     """Scatter quality (y, lower is better) against throughput (x, log scale) and save a PNG.
 
     Args:
-        results: dicts or JSON paths. Entries missing x or y are skipped (named in a ValueError if all are).
+        results: dicts or JSON paths. Entries missing x or y are skipped (a ValueError if all are). An
+            `argen eval --model` report without img/s uses n / generator.sample_seconds (incl. warm-up).
         out: PNG path. x_key / y_key / label_key / group_key: dotted keys into each result.
         title: plot title. floor: draw the real-vs-real floor as a dashed horizontal line (e.g. the FID floor
             at the evaluated sample count); when None, the first result's `floor.<y_key>` is used if present.
@@ -58,10 +68,10 @@ def plot_quality_speed(
     rows = [_load(r) for r in results]
     points = [
         (
-            lookup(r, x_key),
+            _speed(r, x_key),
             lookup(r, y_key),
-            str(lookup(r, label_key) or f"run {i}"),
-            str(lookup(r, group_key) or lookup(r, label_key) or f"run {i}"),
+            str(lookup(r, label_key) or lookup(r, "generator.model") or f"run {i}"),
+            str(lookup(r, group_key) or lookup(r, label_key) or lookup(r, "generator.model") or f"run {i}"),
         )
         for i, r in enumerate(rows)
     ]
