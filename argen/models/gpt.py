@@ -96,7 +96,7 @@ _EAR = dict(
     schedule="sides",
     grid=16,
 )
-_FMNIST = dict(vocab_size=1024, num_classes=10, grid=16, label_dropout=0.1)
+_FMNIST = dict(vocab_size=512, num_classes=10, grid=16, label_dropout=0.1)  # the fmnist VQ codebook
 PRESETS: dict[str, dict] = {
     "debug": dict(
         vocab_size=64,

@@ -209,10 +209,11 @@ def _train_step(run: _Run, micro: list[Any]) -> tuple[float, float, dict[str, fl
     run.model.train()
     loss_sum = torch.zeros((), device=dev, dtype=torch.float64)
     metrics: dict[str, float] = {}
+    opts = {**cfg.objective, "step": run.step}  # for GAN warm-up and progressive scales
     for i, batch in enumerate(micro):
         last = i == len(micro) - 1
         with run.grad_sync(last), torch.autocast(dev.type, torch.bfloat16, enabled=cfg.precision == "bf16"):
-            loss, m = run.task.loss(run.loss_model(), _to_device(batch, dev), cfg.objective)
+            loss, m = run.task.loss(run.loss_model(), _to_device(batch, dev), opts)
             (loss / len(micro)).backward()
         loss_sum += loss.detach().double()
         for k, v in m.items():
@@ -307,7 +308,8 @@ def _export(run: _Run) -> Path:
         state.update({k: v.to(state[k].dtype) for k, v in ema.items()})
         fresh = run.task.build_model(run.cfg.model)
         load_strict(fresh, state, source="trained weights")
-        save_model(fresh, path)
+        # training wrappers (a tokenizer with its GAN discriminator) export only the model itself
+        save_model(getattr(fresh, "export_model", lambda: fresh)(), path)
     barrier()
     return path
 
