@@ -125,6 +125,7 @@ def _generate_flags(p: argparse.ArgumentParser, tokenizer_required: bool = True)
     p.add_argument("--top-k", type=int)
     p.add_argument("--top-p", type=float)
     p.add_argument("--seed", type=int)
+    p.add_argument("--sampler", default="fast", help="VAR: fast (static cache) | reference (no cache)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto")
 
@@ -366,6 +367,19 @@ def cmd_convert(args: argparse.Namespace) -> None:
     print(f"written {convert_official(args.official, args.kind, args.preset, args.out)}")
 
 
+def cmd_init(args: argparse.Namespace) -> None:
+    import torch
+
+    from argen.config import parse_overrides
+    from argen.models.checkpoints import save_model
+    from argen.training.tasks import get_task
+
+    torch.manual_seed(args.seed)
+    model = get_task(args.task).build_model({"preset": args.preset, **parse_overrides(args.set)})
+    model = getattr(model, "export_model", lambda: model)()
+    print(f"random-weight {model.kind} model written to {save_model(model, args.out)}")
+
+
 def cmd_reconstruct(args: argparse.Namespace) -> None:
     from argen.tokenizers.evaluate import reconstruction_report
 
@@ -388,6 +402,14 @@ def add_models(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", help="model preset (e.g. d16, llamagen_vq16, GPT-B, EAR-B)")
     p.add_argument("--out", required=True, help="output path (NAME -> NAME.safetensors + NAME.json)")
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("init", help="write a randomly initialised model file from a preset (for benchmarks)")
+    p.add_argument("task", help="tokenizer | msvq | gpt | var | classifier")
+    p.add_argument("--preset", required=True)
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="config field override")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("reconstruct", help="tokenizer PSNR, codebook usage and a reconstruction picture")
     p.add_argument("--tokenizer", required=True, help="argen vq or msvq model file")

@@ -30,6 +30,7 @@ class GenerateConfig:
     sampling: None = the family's defaults (GPT: constant CFG 2.0; VAR: linear CFG ramp 1.5, top-k 900,
         top-p 0.96); given fields replace them.
     batch_size: images per forward batch (CFG doubles the rows).
+    sampler: VAR family: "fast" (static KV cache) or "reference" (no cache; the benchmark baseline).
     """
 
     model: str = ""
@@ -39,8 +40,11 @@ class GenerateConfig:
     sampling: dict[str, Any] = field(default_factory=dict)
     batch_size: int = 32
     device: str = "auto"
+    sampler: str = "fast"
 
     def __post_init__(self) -> None:
+        if self.sampler not in ("fast", "reference"):
+            raise ValueError(f"sampler must be 'fast' or 'reference', got {self.sampler!r}")
         if not self.model:
             raise ValueError("give a generator file (--model)")
         if self.batch_size < 1:
@@ -172,10 +176,11 @@ class Pipeline:
             img = self.decode_tokens(out.tokens_BL.view(-1, grid, grid))
             shots = growth_frames(out.snapshots, self.decode_tokens, grid) if frames else []
             return img, shots
-        from argen.sampling.next_scale import NextScaleConfig, sample_next_scale
+        from argen.sampling.next_scale import NextScaleConfig, sample_next_scale, sample_next_scale_reference
 
         net = self.model.sampling_view() if self.model.kind == "actvar" else self.model
-        out = sample_next_scale(net, self.tokenizer, labels_B, NextScaleConfig(sampling, progression=frames))
+        run = sample_next_scale if self.cfg.sampler == "fast" else sample_next_scale_reference
+        out = run(net, self.tokenizer, labels_B, NextScaleConfig(sampling, progression=frames))
         return out.images, list(out.progression or [])
 
     def decode_tokens(self, idx_Bhw: torch.Tensor) -> torch.Tensor:
