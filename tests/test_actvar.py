@@ -150,7 +150,7 @@ def _masked_dense_reference(model: ActVAR, labels: torch.Tensor, var_input: torc
     sizes = cfg.var.scale_sizes
     k_L = torch.repeat_interleave(torch.tensor(cfg.experts_k), torch.tensor(sizes))
     for i, (block, mods) in enumerate(zip(var.blocks, var.block_mods(cond), strict=True)):
-        _, g2, s1, s2, sh1, sh2 = mods
+        g1, g2, s1, s2, sh1, sh2 = mods
         h1 = block.ln_wo_grad(x) * (1 + s1) + sh1
         sel = model.selectors[str(i)]
         score = sel.score(h1)
@@ -165,7 +165,7 @@ def _masked_dense_reference(model: ActVAR, labels: torch.Tensor, var_input: torc
             (ranks < k_L[None, :, None]).float().repeat_interleave(cfg.var.hidden // cfg.num_experts, -1)
         )
         ffn = block.ffn.fc2(F.gelu(block.ffn.fc1(h2), approximate="tanh") * unit_mask)
-        x = torch.where(keep[..., None], x_mid + ffn * g2, x + sel.reconstruct(h1))
+        x = torch.where(keep[..., None], x_mid + ffn * g2, x + sel.reconstruct(h1, g1 + g2))
     return var.logits(x, cond)
 
 

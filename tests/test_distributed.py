@@ -27,15 +27,6 @@ from argen.sampling.writer import check_samples, pack_npz, seed_base, write_samp
 from argen.training.tasks import Task, register_task
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The toy ops are tiny: a second intra-op thread only adds contention (10x slower on a busy CPU)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ------------------------------------------------------------------------------------------- toy task
 @dataclasses.dataclass
 class DistToyConfig:
@@ -202,12 +193,7 @@ def single_process_reference(tmp_path_factory) -> dict[str, torch.Tensor]:
     from argen.training.loop import train
 
     CALLS["n"] = 0
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # module-scoped: runs before the function-scoped `_one_thread`
-    try:
-        return load_file(str(train(toy_cfg(tmp_path_factory.mktemp("single"), "none"))))
-    finally:
-        torch.set_num_threads(before)
+    return load_file(str(train(toy_cfg(tmp_path_factory.mktemp("single"), "none"))))
 
 
 @pytest.mark.dist

@@ -14,12 +14,6 @@ from argen.sampling.ar import GenerationProcess, centre_prefix, extend_from_cent
 from argen.sampling.logits import SamplingConfig, cfg_combine
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    # debug-sized models: thread synchronisation costs more than the matmuls (badly so on a busy machine)
-    torch.set_num_threads(1)
-
-
 def _official_ear(fixtures_dir):
     data = load_file(str(fixtures_dir / "ear_ref_a.safetensors"))
     cfg = GPTConfig(

@@ -13,13 +13,6 @@ from argen.orders import build_order
 from argen.sampling.ar import GenerationProcess
 from argen.sampling.logits import SamplingConfig, cfg_combine
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    # debug-sized models: thread synchronisation costs more than the matmuls (badly so on a busy machine)
-    torch.set_num_threads(1)
-
-
 OFFICIAL = {
     "B": ("llamagen", "GPT-B"),
     "L": ("llamagen", "GPT-L"),

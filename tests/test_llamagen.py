@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -11,12 +10,6 @@ from argen.models.gpt import GPT, GPTConfig
 from argen.orders import build_order
 from argen.sampling.ar import GenerationProcess
 from argen.sampling.logits import SamplingConfig
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    # debug-sized models: thread synchronisation costs more than the matmuls (badly so on a busy machine)
-    torch.set_num_threads(1)
 
 
 def _official_gpt(fixtures_dir):

@@ -19,12 +19,6 @@ from argen.orders import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    # debug-sized models: thread synchronisation costs more than the matmuls (badly so on a busy machine)
-    torch.set_num_threads(1)
-
-
 def test_spiral_n4_matches_the_stated_layout():
     order = build_order("spiral", 4)
     expected = torch.tensor([[6, 7, 8, 9], [5, 0, 1, 10], [4, 3, 2, 11], [15, 14, 13, 12]])

@@ -26,15 +26,6 @@ from argen.training.tasks import get_task
 SMALL_VQ = ("debug", "fmnist")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny models: threads only add synchronisation (and oversubscribe CI runners)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 SMALL_MSVQ = ("debug", "fmnist", "var_ref_a")
 
 

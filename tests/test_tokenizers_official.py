@@ -14,15 +14,6 @@ from argen.tokenizers.multiscale import MultiScaleVQVAE, load_official_msvq
 from argen.tokenizers.vqgan import VQModel, load_official_vq
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # small models: threads only add synchronisation (and oversubscribe CI runners)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _keys_on_meta(model_cls, config) -> dict[str, list[int]]:
     with torch.device("meta"):  # the real models are 70-90M parameters: never allocate them here
         model = model_cls(config)

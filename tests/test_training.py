@@ -27,15 +27,6 @@ from argen.training.optim import build_optimizer, build_scheduler, lr_factor, no
 from argen.training.tasks import Task, register_task
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The toy ops are tiny: a second intra-op thread only adds contention (10x slower on a busy CPU)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ------------------------------------------------------------------------------------------- toy task
 @dataclasses.dataclass
 class ToyConfig:
