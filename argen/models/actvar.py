@@ -39,7 +39,9 @@ class ActVARConfig:
     keep_ratio: fraction rho of tokens computed at each scale (len S, in (0, 1]); None = 1 everywhere.
         DESIGN default: < 1 only on the last three scales (77% of the tokens).
     gate_layers: blocks that get a token selector; None = all blocks.
-    adapter_rank: rank r of the reconstruction adapter of skipped tokens (up projection starts at zero).
+    adapter_rank: rank r of the reconstruction adapter of skipped tokens (up projection starts at zero);
+        its output is scaled by the block's AdaLN gates (gamma1 + gamma2) so it lives on the scale of the
+        block's real update (tiny at the official initialisation) and trains stably whatever that scale.
     kmeans_iters / split_seed: balanced k-means used to split each FFN (block i uses seed split_seed + i).
     straight_through: router/gate scores scale the kept outputs by exactly 1 while passing gradients.
     expert_backend: grouped expert kernel layout ("auto", "padded", "segment"; see argen.nn.moe).
@@ -136,9 +138,9 @@ class TokenSelector(nn.Module):
         """(B, L) gate logits from the modulated attention input."""
         return self.gate(h_BLC).squeeze(-1)
 
-    def reconstruct(self, h_BLC: torch.Tensor) -> torch.Tensor:
-        """(B, L, C) residual update of skipped tokens."""
-        return self.up(self.down(h_BLC))
+    def reconstruct(self, h_BLC: torch.Tensor, gamma_B1C: torch.Tensor) -> torch.Tensor:
+        """(B, L, C) residual update of skipped tokens; gamma_B1C = the block's gamma1 + gamma2."""
+        return self.up(self.down(h_BLC)) * gamma_B1C
 
 
 @dataclass
@@ -336,7 +338,8 @@ class ActVAR(nn.Module):
         x_BnC = x_BnC + self._sparse_attn(block, h_BLC, keep_Bn, q_ids_n, seg).mul(gamma1) * ste_Bn1
         k_Bn = torch.gather(k_BL, 1, keep_Bn) if isinstance(k_BL, torch.Tensor) else k_BL
         x_BnC = x_BnC + self._ffn(block, x_BnC, mods, k_Bn, trace) * ste_Bn1
-        return (x_BLC + self.selectors[str(i)].reconstruct(h_BLC)).scatter(1, idx_BnC, x_BnC)
+        recon_BLC = self.selectors[str(i)].reconstruct(h_BLC, gamma1 + mods[1])
+        return (x_BLC + recon_BLC).scatter(1, idx_BnC, x_BnC)
 
     # -------------------------------------------------------------------------------- entry points
     def forward(

@@ -106,7 +106,8 @@ def teacher_signals(
 
     Returns:
         logits (B, L, V), last hidden state (B, L, C), and per block a dict with "h_attn" / "h_ffn" (the
-        modulated attention / FFN inputs, (B, L, C)) and "update" (block output minus input, (B, L, C)).
+        modulated attention / FFN inputs, (B, L, C)), "update" (block output minus input, (B, L, C)) and
+        "gamma" (gamma1 + gamma2, (B, 1, C): the scale of the skipped tokens' adapter).
         The loop mirrors `VAR.forward` (drop path is a training-only identity at eval).
     """
     cfg = var.config
@@ -123,13 +124,13 @@ def teacher_signals(
     mask_LL = var.block_causal_mask(length, x_BLC.device)
     signals = []
     for block, mods in zip(var.blocks, var.block_mods(cond_BD), strict=True):
-        _, _, scale1, scale2, shift1, shift2 = mods
+        gamma1, gamma2, scale1, scale2, shift1, shift2 = mods
         x_in = x_BLC
         h_attn = block.ln_wo_grad(x_BLC).mul(scale1.add(1)).add(shift1)
         x_BLC = x_BLC + block.attn_branch(x_BLC, mods, mask_LL)
         h_ffn = block.ln_wo_grad(x_BLC).mul(scale2.add(1)).add(shift2)
         x_BLC = x_BLC + block.ffn_branch(x_BLC, mods)
-        signals.append({"h_attn": h_attn, "h_ffn": h_ffn, "update": x_BLC - x_in})
+        signals.append({"h_attn": h_attn, "h_ffn": h_ffn, "update": x_BLC - x_in, "gamma": gamma1 + gamma2})
     return var.logits(x_BLC, cond_BD), x_BLC, signals
 
 
@@ -186,7 +187,7 @@ def stage1_losses(
             target_BL = _standardise_per_scale(sig["update"].norm(dim=-1).clamp_min(1e-8).log(), sizes)
             terms["gate"].append(F.mse_loss(sel.score(sig["h_attn"])[:, gated_L], target_BL[:, gated_L]))
             upd = sig["update"][:, gated_L]
-            recon = sel.reconstruct(sig["h_attn"][:, gated_L])
+            recon = sel.reconstruct(sig["h_attn"][:, gated_L], sig["gamma"])
             terms["adapter"].append(F.mse_loss(recon, upd) / upd.square().mean().clamp_min(1e-12))
     means = {k: torch.stack(v).mean() if v else None for k, v in terms.items()}
     weights = {
