@@ -206,6 +206,32 @@ def save_npz(images: Any, labels: Any, path: Path) -> Path:
     return path
 
 
+def cmd_generate(args: argparse.Namespace) -> None:
+    """Many samples (FID sets) as shards named by global index; under torchrun each rank takes its share."""
+    from argen.distributed import DistInfo, init_distributed
+    from argen.sampling.writer import pack_npz, write_samples
+
+    info: DistInfo = init_distributed(args.device)
+    args.device = str(info.device)
+    pipe = _pipeline(args)
+
+    def sample_fn(labels_B: Any, seeds_B: Any) -> Any:
+        return pipe.sample(labels_B, seed=int(seeds_B[0])).images
+
+    check = write_samples(
+        sample_fn,
+        args.out,
+        args.n,
+        labels=pipe.num_classes,
+        batch_size=args.batch_size,
+        fmt="npz",
+        seed=pipe.sampling.seed,
+    )
+    if info.is_main:
+        packed = pack_npz(args.out, Path(args.out).with_suffix(".npz"), args.n)
+        _print_json({"folder": args.out, "npz": str(packed), "n": args.n, "ok": check.ok, **pipe.cost()})
+
+
 def cmd_extend(args: argparse.Namespace) -> None:
     from argen.sampling.extend import ExtendConfig, extend_images
 
@@ -233,6 +259,12 @@ def add_sampling(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--npz", action="store_true", help="also write samples.npz (ADM format) for `argen eval`")
     p.add_argument("--scale", type=int, default=3, help="pixel upscaling of the written images")
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("generate", help="N samples as shards by global index (torchrun: all ranks share)")
+    _generate_flags(p)
+    p.add_argument("--n", type=int, default=10000, help="number of samples (classes cycled)")
+    p.add_argument("--out", default="out/generate", help="shard folder; the packed ADM .npz goes beside it")
+    p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("extend", help="EAR: extension / inpainting from centre tokens")
     p.add_argument("--model", required=True)

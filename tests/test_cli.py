@@ -208,3 +208,48 @@ def test_tokenize_imagefolder(tmp_path: Path, capsys) -> None:
     )
     with np.load(tmp_path / "tok.npz") as f:
         assert f["codes"].shape == (6, 256) and f["labels"].tolist() == [0, 0, 0, 1, 1, 1]
+
+
+def test_generate_writes_shards_and_packs_them(files: dict, tmp_path: Path, capsys) -> None:
+    rep = _run(
+        [
+            "generate",
+            "--model",
+            str(files["var"]),
+            "--tokenizer",
+            str(files["msvq"]),
+            "--n",
+            "5",
+            "--batch-size",
+            "2",
+            "--out",
+            str(tmp_path / "s"),
+            "--device",
+            "cpu",
+        ],
+        capsys,
+    )
+    assert rep["ok"]
+    with np.load(rep["npz"]) as f:
+        assert f["arr_0"].shape[0] == 5 and f["arr_1"].tolist() == [0, 1, 2, 3, 4]
+    # resuming after completion writes nothing new and packs the same images
+    again = _run(
+        [
+            "generate",
+            "--model",
+            str(files["var"]),
+            "--tokenizer",
+            str(files["msvq"]),
+            "--n",
+            "5",
+            "--batch-size",
+            "2",
+            "--out",
+            str(tmp_path / "s"),
+            "--device",
+            "cpu",
+        ],
+        capsys,
+    )
+    with np.load(rep["npz"]) as f, np.load(again["npz"]) as g:
+        assert np.array_equal(f["arr_0"], g["arr_0"])
