@@ -53,7 +53,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     summary: dict[str, Any] = {"out": str(out)}
     t0 = time.perf_counter()
     tokenizer = _asset(cfg, "vq_fmnist") or _train_tokenizer(cfg, out, summary)
-    summary["reconstruction"] = reconstruction_report(tokenizer, out, max_images=1000)
+    summary["reconstruction"] = reconstruction_report(tokenizer, out, max_images=500)
     summary["generators"] = _generator_grids(cfg, out)
     if _asset(cfg, "ear_fmnist") and _asset(cfg, "vq_fmnist"):
         summary["extension"] = _extension(cfg, out)
