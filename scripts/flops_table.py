@@ -1,4 +1,4 @@
-"""Analytic per-image sampling cost (CFG on) of the official-size and Fashion-MNIST models, as a markdown table.
+"""Analytic per-image sampling cost (CFG on) of official-size and Fashion-MNIST models, as a markdown table.
 
     python scripts/flops_table.py
 """
