@@ -52,13 +52,14 @@ class GenerateConfig:
 
 
 GPT_SAMPLING = SamplingConfig(cfg_scale=2.0)
+FRAME_IMAGES = 16  # images per animation frame: decoding every pass of a whole batch costs more than sampling
 VAR_SAMPLING = SamplingConfig(cfg_scale=1.5, cfg_schedule="linear", top_k=900, top_p=0.96)
 
 
 @dataclass
 class Samples:
     """images: (N, C, H, W) in [0, 1]. frames: per-pass (GPT growth) or per-scale (VAR) images of the first
-    batch, when asked. seconds: wall-clock of sampling + decoding."""
+    `FRAME_IMAGES` samples, when asked. seconds: wall-clock of sampling + decoding."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -174,14 +175,15 @@ class Pipeline:
             out = generate(self.model, labels_B, cfg, snapshots=frames)
             grid = self.model.config.grid
             img = self.decode_tokens(out.tokens_BL.view(-1, grid, grid))
-            shots = growth_frames(out.snapshots, self.decode_tokens, grid) if frames else []
+            snapshots = [s[:FRAME_IMAGES] for s in out.snapshots]
+            shots = growth_frames(snapshots, self.decode_tokens, grid) if frames else []
             return img, shots
         from argen.sampling.next_scale import NextScaleConfig, sample_next_scale, sample_next_scale_reference
 
         net = self.model.sampling_view() if self.model.kind == "actvar" else self.model
         run = sample_next_scale if self.cfg.sampler == "fast" else sample_next_scale_reference
         out = run(net, self.tokenizer, labels_B, NextScaleConfig(sampling, progression=frames))
-        return out.images, list(out.progression or [])
+        return out.images, [p[:FRAME_IMAGES] for p in out.progression or []]
 
     def decode_tokens(self, idx_Bhw: torch.Tensor) -> torch.Tensor:
         """Single-scale codes -> images in [0, 1] (GPT family)."""
