@@ -253,3 +253,75 @@ def test_generate_writes_shards_and_packs_them(files: dict, tmp_path: Path, caps
     )
     with np.load(rep["npz"]) as f, np.load(again["npz"]) as g:
         assert np.array_equal(f["arr_0"], g["arr_0"])
+
+
+def test_tokenize_train_sample_chain(files: dict, tmp_path: Path, capsys) -> None:
+    """The user path: images -> tokens -> `argen train gpt` -> `argen sample` with the same tokenizer."""
+    for cls in ("a", "b"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(np.full((32, 32), 30 * i + 100 * (cls == "b"), np.uint8)).save(
+                tmp_path / "imgs" / cls / f"{i}.png"
+            )
+    vq_rgb = save_model(_init(VQModel(vq_config("debug", codebook_size=64))), tmp_path / "vq_rgb")
+    main(
+        [
+            "tokenize",
+            "--tokenizer",
+            str(vq_rgb),
+            "--source",
+            "imagefolder",
+            "--root",
+            str(tmp_path / "imgs"),
+            "--out",
+            str(tmp_path / "tok.npz"),
+            "--device",
+            "cpu",
+        ]
+    )
+    main(
+        [
+            "train",
+            "gpt",
+            "--set",
+            "model.preset=debug",
+            "--set",
+            "model.grid=16",
+            "--set",
+            "model.num_classes=2",
+            "--set",
+            "data.source=tokens",
+            "--set",
+            f"data.root={tmp_path / 'tok.npz'}",
+            "--set",
+            "steps=4",
+            "--set",
+            "batch_size=4",
+            "--set",
+            f"out_dir={tmp_path / 'run'}",
+            "--set",
+            "device=cpu",
+        ]
+    )
+    capsys.readouterr()
+    rep = _run(
+        [
+            "sample",
+            "--model",
+            str(tmp_path / "run" / "model.safetensors"),
+            "--tokenizer",
+            str(vq_rgb),
+            "--n-per-class",
+            "2",
+            "--out",
+            str(tmp_path / "s"),
+            "--device",
+            "cpu",
+            "--npz",
+        ],
+        capsys,
+    )
+    with np.load(rep["npz"]) as f:
+        assert f["arr_0"].shape == (4, 32, 32, 3) and f["labels"].tolist() == [0, 0, 1, 1]
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(m["loss"]) for m in metrics if "loss" in m)
