@@ -115,8 +115,10 @@ def add_training(sub: argparse._SubParsersAction) -> None:
 
 
 # ------------------------------------------------------------------------------------------- sampling
-def _generate_flags(p: argparse.ArgumentParser, tokenizer_required: bool = True) -> None:
-    p.add_argument("--model", required=True, help="generator file (gpt, var or actvar .safetensors)")
+def _generate_flags(
+    p: argparse.ArgumentParser, model_required: bool = True, tokenizer_required: bool = True
+) -> None:
+    p.add_argument("--model", required=model_required, help="generator file (kind gpt, var or actvar)")
     p.add_argument("--tokenizer", required=tokenizer_required, default="", help="its tokenizer file")
     p.add_argument("--schedule", type=_schedule, help="GPT/EAR: sides | rings | tokens:K | passes | sizes")
     p.add_argument("--order", help="GPT: raster | spiral | random (default: the model's)")
@@ -158,7 +160,8 @@ def _class_labels(pipe: Any, classes: list[int] | None, per_class: int) -> Any:
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
-    from argen.sampling.images import save_gif, save_grid
+    from argen.sampling.images import save_gif, save_grid, save_strip
+    from argen.sampling.writer import save_adm_npz
 
     pipe = _pipeline(args)
     labels = _class_labels(pipe, args.classes, args.n_per_class)
@@ -176,34 +179,11 @@ def cmd_sample(args: argparse.Namespace) -> None:
         name = "growth.gif" if pipe.family == "gpt" else "scales.gif"
         report["gif"] = str(save_gif(samples.frames, out / name, nrow=args.n_per_class, scale=args.scale))
         if pipe.family == "var":
-            report["strip"] = str(save_progression_strip(samples.frames, out / "scales.png", args.scale))
+            report["strip"] = str(save_strip(samples.frames, out / "scales.png", scale=args.scale))
     if args.npz:
-        report["npz"] = str(save_npz(samples.images, samples.labels, out / "samples.npz"))
+        report["npz"] = str(save_adm_npz(samples.images, samples.labels, out / "samples.npz"))
     (out / "sample.json").write_text(json.dumps(report, indent=2) + "\n")
     _print_json(report)
-
-
-def save_progression_strip(frames: list[Any], path: Path, scale: int) -> Path:
-    """One row per image, one column per scale (VAR's coarse-to-fine progression)."""
-    import torch
-
-    from argen.sampling.images import save_grid
-
-    per_image = torch.stack(frames, dim=1)[:4]  # (B, S, C, H, W), first four images
-    return save_grid(per_image.flatten(0, 1), path, nrow=len(frames), scale=scale)
-
-
-def save_npz(images: Any, labels: Any, path: Path) -> Path:
-    """ADM sample format: arr_0 uint8 NHWC (grey replicated to RGB), plus labels."""
-    import numpy as np
-
-    from argen.sampling.images import to_uint8
-
-    arr = to_uint8(images)
-    if arr.shape[-1] == 1:
-        arr = np.repeat(arr, 3, axis=-1)
-    np.savez(path, arr_0=arr, labels=labels.numpy())
-    return path
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -348,9 +328,8 @@ def cmd_plot(args: argparse.Namespace) -> None:
 def add_evaluation(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="FID/KID/precision/recall (+ class accuracy) of samples or a generator")
     p.add_argument("--samples", help="folder of PNGs or ADM .npz")
-    p.add_argument("--model", help="generator file: sample --n images (classes cycled) and evaluate them")
-    p.add_argument("--n", type=int, default=1000)
-    _generate_flags_optional(p)
+    _generate_flags(p, model_required=False, tokenizer_required=False)
+    p.add_argument("--n", type=int, default=1000, help="with --model: images sampled (classes cycled)")
     _config_flags(p)
     p.set_defaults(func=cmd_eval)
 
@@ -373,23 +352,6 @@ def add_evaluation(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--x", default="img_per_s")
     p.add_argument("--y", default="fid")
     p.set_defaults(func=cmd_plot)
-
-
-def _generate_flags_optional(p: argparse.ArgumentParser) -> None:
-    """Generator flags for `eval`, where a model is optional."""
-    p.add_argument("--tokenizer", default="")
-    for flag, kw in (
-        ("--schedule", {"type": _schedule}),
-        ("--order", {}),
-        ("--cfg", {"type": float, "dest": "cfg_scale"}),
-        ("--temperature", {"type": float}),
-        ("--top-k", {"type": int}),
-        ("--top-p", {"type": float}),
-        ("--seed", {"type": int}),
-    ):
-        p.add_argument(flag, **kw)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="auto")
 
 
 # ------------------------------------------------------------------------------------------ models

@@ -68,7 +68,7 @@ def test_ear_sample_writes_grid_gif_and_reports_passes(files: dict, tmp_path: Pa
     gif = Image.open(rep["gif"])
     assert gif.n_frames == 31
     arr = np.load(rep["npz"])
-    assert arr["arr_0"].shape == (4, 32, 32, 3) and arr["labels"].tolist() == [1, 1, 3, 3]
+    assert arr["arr_0"].shape == (4, 32, 32, 3) and arr["arr_1"].tolist() == [1, 1, 3, 3]
 
 
 def test_any_schedule_changes_passes(files: dict, capsys) -> None:
@@ -322,6 +322,6 @@ def test_tokenize_train_sample_chain(files: dict, tmp_path: Path, capsys) -> Non
         capsys,
     )
     with np.load(rep["npz"]) as f:
-        assert f["arr_0"].shape == (4, 32, 32, 3) and f["labels"].tolist() == [0, 0, 1, 1]
+        assert f["arr_0"].shape == (4, 32, 32, 3) and f["arr_1"].tolist() == [0, 0, 1, 1]
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all(np.isfinite(m["loss"]) for m in metrics if "loss" in m)

@@ -41,8 +41,14 @@ def save_grid(img_BCHW: torch.Tensor, path: str | Path, nrow: int | None = None,
     return path
 
 
-def save_gif(frames: Sequence[torch.Tensor], path: str | Path, nrow: int | None = None, scale: int = 1,
-             duration_ms: int = 120, hold_last_ms: int = 1200) -> Path:
+def save_gif(
+    frames: Sequence[torch.Tensor],
+    path: str | Path,
+    nrow: int | None = None,
+    scale: int = 1,
+    duration_ms: int = 120,
+    hold_last_ms: int = 1200,
+) -> Path:
     """Animated GIF from a list of (B, C, H, W) batches, each frame a grid."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -50,3 +56,9 @@ def save_gif(frames: Sequence[torch.Tensor], path: str | Path, nrow: int | None 
     durations = [duration_ms] * (len(ims) - 1) + [hold_last_ms]
     ims[0].save(path, save_all=True, append_images=ims[1:], duration=durations, loop=0)
     return path
+
+
+def save_strip(frames: Sequence[torch.Tensor], path: str | Path, rows: int = 4, scale: int = 1) -> Path:
+    """One row per image (the first `rows`), one column per frame: VAR's coarse-to-fine progression."""
+    per_image = torch.stack(list(frames), dim=1)[:rows]  # (B, S, C, H, W)
+    return save_grid(per_image.flatten(0, 1), path, nrow=len(frames), scale=scale)

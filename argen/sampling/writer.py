@@ -79,6 +79,19 @@ def check_samples(folder: str | Path, num_samples: int) -> SampleCheck:
     )
 
 
+def save_adm_npz(images_BCHW: torch.Tensor, labels_B: torch.Tensor | None, path: str | Path) -> Path:
+    """In-memory samples in [0, 1] -> ADM `.npz` (`arr_0` uint8 NHWC, grey replicated to RGB; `arr_1` labels),
+    the same layout `pack_npz` writes."""
+    arr_NHWC = to_uint8(images_BCHW)
+    if arr_NHWC.shape[-1] == 1:
+        arr_NHWC = np.repeat(arr_NHWC, 3, axis=-1)
+    extra = {"arr_1": labels_B.cpu().numpy().astype(np.int64)} if labels_B is not None else {}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic(path, lambda p: _savez(p, arr_0=arr_NHWC, **extra))
+    return path
+
+
 def _savez(path: Path, **arrays: np.ndarray) -> None:
     with open(path, "wb") as f:
         np.savez(f, **arrays)
