@@ -56,10 +56,13 @@ def _config_flags(p: argparse.ArgumentParser) -> None:
 
 # ------------------------------------------------------------------------------------------- training
 def cmd_train(args: argparse.Namespace) -> None:
+    from argen.distributed import is_main
     from argen.training.loop import train
 
     cfg = load_config(TrainConfig, args.config, args.set, base={"task": args.task})
-    print(f"model written to {train(cfg, resume=args.resume or None)}")
+    path = train(cfg, resume=args.resume or None)
+    if is_main():
+        print(f"model written to {path}")
 
 
 def cmd_distill(args: argparse.Namespace) -> None:
