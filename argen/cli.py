@@ -131,6 +131,7 @@ def _generate_flags(
     p.add_argument("--top-p", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("--sampler", default="fast", help="VAR: fast (static cache) | reference (no cache)")
+    p.add_argument("--adaptive", type=float, help="EAR: confidence threshold of the adaptive schedule")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto")
 
@@ -151,6 +152,8 @@ def _pipeline(args: argparse.Namespace) -> Any:
         sampling=sampling,
         batch_size=args.batch_size,
         device=args.device,
+        sampler=args.sampler,
+        adaptive=args.adaptive,
     )
     return Pipeline.load(cfg)
 
@@ -177,6 +180,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
         "seconds": round(samples.seconds, 3),
         "img_per_s": round(len(labels) / samples.seconds, 2),
         **pipe.cost(),
+        "steps": samples.passes,  # passes actually run (adaptive EAR schedules choose them while sampling)
     }
     if args.gif and samples.frames:
         name = "growth.gif" if pipe.family == "gpt" else "scales.gif"

@@ -84,8 +84,12 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     return cls(**kwargs)
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None,
-                base: dict[str, Any] | None = None) -> T:
+def load_config(
+    cls: type[T],
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    base: dict[str, Any] | None = None,
+) -> T:
     """Config from `base` dict, then a JSON file, then `key=value` overrides."""
     data: dict[str, Any] = dict(base or {})
     if path is not None:
@@ -183,8 +187,11 @@ class TrainConfig:
     resume: str = "auto"
 
     def __post_init__(self) -> None:
-        choices = {"precision": ("fp32", "bf16"), "strategy": ("none", "ddp", "fsdp"),
-                   "resume": ("auto", "never", "always")}
+        choices = {
+            "precision": ("fp32", "bf16"),
+            "strategy": ("none", "ddp", "fsdp"),
+            "resume": ("auto", "never", "always"),
+        }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r}: choose one of {allowed}")

@@ -1,6 +1,6 @@
 """Copy a trained argen model file into argen/assets/ in bf16 (the shipped form).
 
-    python scripts/export_asset.py runs/vq_fmnist/model.safetensors vq_fmnist
+python scripts/export_asset.py runs/vq_fmnist/model.safetensors vq_fmnist
 """
 
 import sys

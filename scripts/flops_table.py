@@ -1,6 +1,6 @@
 """Analytic per-image sampling cost (CFG on) of official-size and Fashion-MNIST models, as a markdown table.
 
-    python scripts/flops_table.py
+python scripts/flops_table.py
 """
 
 from argen.eval.flops import actvar_sampling_flops, gpt_sampling_flops, var_sampling_flops

@@ -325,3 +325,58 @@ def test_tokenize_train_sample_chain(files: dict, tmp_path: Path, capsys) -> Non
         assert f["arr_0"].shape == (4, 32, 32, 3) and f["arr_1"].tolist() == [0, 0, 1, 1]
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all(np.isfinite(m["loss"]) for m in metrics if "loss" in m)
+
+
+def test_var_reference_sampler_flag_matches_fast(files: dict, tmp_path: Path, capsys) -> None:
+    arrays = []
+    for sampler in ("fast", "reference"):
+        rep = _run(
+            [
+                "sample",
+                "--model",
+                str(files["var"]),
+                "--tokenizer",
+                str(files["msvq"]),
+                "--classes",
+                "2,7",
+                "--n-per-class",
+                "2",
+                "--sampler",
+                sampler,
+                "--npz",
+                "--out",
+                str(tmp_path / sampler),
+                "--device",
+                "cpu",
+            ],
+            capsys,
+        )
+        with np.load(rep["npz"]) as f:
+            arrays.append(f["arr_0"])
+    assert np.array_equal(arrays[0], arrays[1])
+
+
+def test_adaptive_schedule_flag_chooses_passes(files: dict, tmp_path: Path, capsys) -> None:
+    rep = _run(
+        [
+            "sample",
+            "--model",
+            str(files["ear"]),
+            "--tokenizer",
+            str(files["vq"]),
+            "--classes",
+            "0",
+            "--n-per-class",
+            "2",
+            "--adaptive",
+            "0.5",
+            "--out",
+            str(tmp_path),
+            "--device",
+            "cpu",
+        ],
+        capsys,
+    )
+    # the random model's zero-initialised head gives uniform probabilities (1/64 < 0.5): unsure everywhere,
+    # so every pass keeps only its first token, against 31 passes for the fixed schedule
+    assert rep["steps"] == 256

@@ -197,8 +197,9 @@ def _actvar_block_flops(config: Any, si: int, rows: int, sparse: bool) -> int:
     return total
 
 
-def actvar_sampling_flops(config: Any, batch: int = 1, cfg: bool = True, adaln_per_scale: bool = True
-                          ) -> dict[str, Any]:
+def actvar_sampling_flops(
+    config: Any, batch: int = 1, cfg: bool = True, adaln_per_scale: bool = True
+) -> dict[str, Any]:
     """Analytic FLOPs of ActVAR's KV-cached sampling at its budget (experts_k, keep_ratio per scale).
 
     Same convention as `var_sampling_flops` (matmuls only; embed, AdaLN and head are taken from it): per
@@ -219,5 +220,10 @@ def actvar_sampling_flops(config: Any, batch: int = 1, cfg: bool = True, adaln_p
         for si, d in enumerate(dense["per_scale"])
     ]
     total = sum(per_scale)
-    return {"total": total, "per_scale": per_scale, "dense_total": dense["total"],
-            "dense_per_scale": dense["per_scale"], "saving": 1.0 - total / dense["total"]}
+    return {
+        "total": total,
+        "per_scale": per_scale,
+        "dense_total": dense["total"],
+        "dense_per_scale": dense["per_scale"],
+        "saving": 1.0 - total / dense["total"],
+    }

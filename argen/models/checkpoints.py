@@ -7,7 +7,6 @@ functions next to each model (`load_official_*`), which end in `load_strict`.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import json
 import re
@@ -78,15 +77,16 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     meta_path = path.with_suffix(".json")
     if not meta_path.is_file():
-        raise CheckpointError(f"{meta_path} not found: argen model files come as NAME.safetensors + NAME.json")
+        raise CheckpointError(f"{meta_path} not found: argen model files are NAME.safetensors + NAME.json")
     try:
         return json.loads(meta_path.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{meta_path} is not valid JSON ({e}); re-export the model") from e
 
 
-def load_model(path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
-               ) -> nn.Module:
+def load_model(
+    path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> nn.Module:
     """Build and load an argen model file (any registered kind), in eval mode."""
     path = Path(path)
     if path.suffix != ".safetensors":
@@ -108,7 +108,7 @@ def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path} is not a readable safetensors file ({e}); re-download or re-export it") from e
+        raise CheckpointError(f"{path} is not a readable safetensors file ({e}); re-export it") from e
 
 
 def read_official(path: str | Path, key: str | None = None) -> dict[str, torch.Tensor]:
@@ -128,7 +128,7 @@ def read_official(path: str | Path, key: str | None = None) -> dict[str, torch.T
     if key is not None and isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
         obj = obj[key]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path} does not hold a state dict of tensors (top-level keys: {list(obj)[:8]})")
+        raise CheckpointError(f"{path} does not hold a state dict of tensors (keys: {list(obj)[:8]})")
     return obj
 
 
@@ -143,17 +143,18 @@ def load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str = 
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own if k in state and state[k].shape != own[k].shape]
+    shapes = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
     if missing or unexpected or shapes:
-        lines = [f"{source} does not match {type(model).__name__}"
-                 f"{' ' + str(getattr(model, 'config', '')) if dataclasses.is_dataclass(getattr(model, 'config', None)) else ''}"]
-        if missing:
-            lines.append(f"  missing {len(missing)} key(s): {missing[:6]}{' ...' if len(missing) > 6 else ''}")
-        if unexpected:
-            lines.append(f"  unexpected {len(unexpected)} key(s): {unexpected[:6]}{' ...' if len(unexpected) > 6 else ''}")
-        if shapes:
-            lines.append(f"  shape mismatches: {shapes[:4]}{' ...' if len(shapes) > 4 else ''}")
+        config = getattr(model, "config", None)
+        lines = [f"{source} does not match {type(model).__name__}{' ' + str(config) if config else ''}"]
+        problems = (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes))
+        for what, keys in problems:
+            if keys:
+                lines.append(f"  {what} ({len(keys)}): {keys[:6]}{' ...' if len(keys) > 6 else ''}")
         lines.append("  Check that the model config (preset, sizes, vocabulary) matches the file.")
         raise CheckpointError("\n".join(lines))
     model.load_state_dict(state, strict=True)

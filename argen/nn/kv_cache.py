@@ -15,15 +15,23 @@ from torch import nn
 class KVCache(nn.Module):
     """One attention layer's cache. Buffers are non-persistent: they never reach a state dict."""
 
-    def __init__(self, batch: int, heads: int, max_len: int, head_dim: int, dtype: torch.dtype,
-                 device: torch.device | str) -> None:
+    def __init__(
+        self,
+        batch: int,
+        heads: int,
+        max_len: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device | str,
+    ) -> None:
         super().__init__()
         shape = (batch, heads, max_len, head_dim)
         self.register_buffer("k_BHSD", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v_BHSD", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
-    def update(self, pos_L: torch.Tensor, k_BHLD: torch.Tensor, v_BHLD: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(
+        self, pos_L: torch.Tensor, k_BHLD: torch.Tensor, v_BHLD: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Write keys/values at cache positions `pos_L` and return the whole cache (B, H, S, D)."""
         self.k_BHSD.index_copy_(2, pos_L, k_BHLD.to(self.k_BHSD.dtype))
         self.v_BHSD.index_copy_(2, pos_L, v_BHLD.to(self.v_BHSD.dtype))
@@ -32,8 +40,13 @@ class KVCache(nn.Module):
 
 @contextmanager
 def kv_caches(
-    layers: Iterable[nn.Module], batch: int, heads: int, max_len: int, head_dim: int,
-    dtype: torch.dtype, device: torch.device | str,
+    layers: Iterable[nn.Module],
+    batch: int,
+    heads: int,
+    max_len: int,
+    head_dim: int,
+    dtype: torch.dtype,
+    device: torch.device | str,
 ) -> Iterator[None]:
     """Attach a fresh `KVCache` as `layer.cache` to each attention layer for the duration of the block."""
     layers = list(layers)

@@ -46,7 +46,9 @@ def causal_mask(length: int, device: torch.device | str | None = None) -> torch.
     return group_mask(torch.arange(length, device=device))
 
 
-def groups_from_sizes(sizes: list[int] | tuple[int, ...], device: torch.device | str | None = None) -> torch.Tensor:
+def groups_from_sizes(
+    sizes: list[int] | tuple[int, ...], device: torch.device | str | None = None
+) -> torch.Tensor:
     """Group id per position for consecutive groups of the given sizes: [2, 3] -> [0, 0, 1, 1, 1]."""
     sizes_t = torch.as_tensor(list(sizes), device=device)
     return torch.repeat_interleave(torch.arange(len(sizes_t), device=device), sizes_t)

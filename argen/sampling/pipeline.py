@@ -31,6 +31,8 @@ class GenerateConfig:
         top-p 0.96); given fields replace them.
     batch_size: images per forward batch (CFG doubles the rows).
     sampler: VAR family: "fast" (static KV cache) or "reference" (no cache; the benchmark baseline).
+    adaptive: EAR only: confidence threshold of the adaptive schedule (passes chosen while sampling, for
+        models trained with randomised partitions); None = the fixed schedule.
     """
 
     model: str = ""
@@ -41,6 +43,7 @@ class GenerateConfig:
     batch_size: int = 32
     device: str = "auto"
     sampler: str = "fast"
+    adaptive: float | None = None
 
     def __post_init__(self) -> None:
         if self.sampler not in ("fast", "reference"):
@@ -59,12 +62,14 @@ VAR_SAMPLING = SamplingConfig(cfg_scale=1.5, cfg_schedule="linear", top_k=900, t
 @dataclass
 class Samples:
     """images: (N, C, H, W) in [0, 1]. frames: per-pass (GPT growth) or per-scale (VAR) images of the first
-    `FRAME_IMAGES` samples, when asked. seconds: wall-clock of sampling + decoding."""
+    `FRAME_IMAGES` samples, when asked. seconds: wall-clock of sampling + decoding. passes: forward passes
+    per batch (the most over batches; adaptive EAR schedules vary)."""
 
     images: torch.Tensor
     labels: torch.Tensor
     frames: list[torch.Tensor]
     seconds: float
+    passes: int
 
 
 def resolve_device(device: str) -> torch.device:
@@ -153,37 +158,43 @@ class Pipeline:
         sampling = self.sampling if seed is None else dataclasses.replace(self.sampling, seed=seed)
         device = next(self.model.parameters()).device
         t0 = time.perf_counter()
-        images, shots = [], []
+        images, shots, passes = [], [], 0
         for i, labels_B in enumerate(labels_N.to(device).split(self.cfg.batch_size)):
             batch_sampling = dataclasses.replace(sampling, seed=sampling.seed + i)
-            img_B, frames_B = self._sample_batch(labels_B, batch_sampling, frames and i == 0)
+            img_B, frames_B, passes_B = self._sample_batch(labels_B, batch_sampling, frames and i == 0)
             images.append(img_B.float().cpu())
             shots = shots or [f.float().cpu() for f in frames_B]
+            passes = max(passes, passes_B)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        return Samples(torch.cat(images), labels_N.cpu(), shots, time.perf_counter() - t0)
+        return Samples(torch.cat(images), labels_N.cpu(), shots, time.perf_counter() - t0, passes)
 
     def _sample_batch(
         self, labels_B: torch.Tensor, sampling: SamplingConfig, frames: bool
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    ) -> tuple[torch.Tensor, list[torch.Tensor], int]:
         if self.family == "gpt":
-            from argen.sampling.ar import ARSampleConfig, generate, growth_frames
+            from argen.sampling.ar import AdaptiveConfig, ARSampleConfig, generate, growth_frames
 
+            adaptive = AdaptiveConfig(threshold=self.cfg.adaptive) if self.cfg.adaptive is not None else None
             cfg = ARSampleConfig(
-                order=self.cfg.order, schedule=self.cfg.schedule, batch_size=len(labels_B), sampling=sampling
+                order=self.cfg.order,
+                schedule=self.cfg.schedule,
+                batch_size=len(labels_B),
+                sampling=sampling,
+                adaptive=adaptive,
             )
             out = generate(self.model, labels_B, cfg, snapshots=frames)
             grid = self.model.config.grid
             img = self.decode_tokens(out.tokens_BL.view(-1, grid, grid))
             snapshots = [s[:FRAME_IMAGES] for s in out.snapshots]
             shots = growth_frames(snapshots, self.decode_tokens, grid) if frames else []
-            return img, shots
+            return img, shots, out.passes
         from argen.sampling.next_scale import NextScaleConfig, sample_next_scale, sample_next_scale_reference
 
         net = self.model.sampling_view() if self.model.kind == "actvar" else self.model
         run = sample_next_scale if self.cfg.sampler == "fast" else sample_next_scale_reference
         out = run(net, self.tokenizer, labels_B, NextScaleConfig(sampling, progression=frames))
-        return out.images, [p[:FRAME_IMAGES] for p in out.progression or []]
+        return out.images, [p[:FRAME_IMAGES] for p in out.progression or []], len(out.tokens)
 
     def decode_tokens(self, idx_Bhw: torch.Tensor) -> torch.Tensor:
         """Single-scale codes -> images in [0, 1] (GPT family)."""

@@ -81,7 +81,14 @@ def _gpt_dataset(cfg):
 
 
 _GPT_OPTION_KEYS = {
-    "order", "mode", "schedule", "randomize", "min_steps", "max_steps", "label_dropout", "step",
+    "order",
+    "mode",
+    "schedule",
+    "randomize",
+    "min_steps",
+    "max_steps",
+    "label_dropout",
+    "step",
 }
 
 
