@@ -55,6 +55,11 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     tokenizer = _asset(cfg, "vq_fmnist") or _train_tokenizer(cfg, out, summary)
     summary["reconstruction"] = reconstruction_report(tokenizer, out, max_images=500)
     summary["generators"] = _generator_grids(cfg, out)
+    if not summary["generators"]:
+        summary["note"] = (
+            f"no generator is shipped in {cfg.assets} yet; train one with `argen train gpt|var`, sample it "
+            "with `argen sample` (see README)"
+        )
     if _asset(cfg, "ear_fmnist") and _asset(cfg, "vq_fmnist"):
         summary["extension"] = _extension(cfg, out)
     summary["seconds"] = round(time.perf_counter() - t0, 1)
