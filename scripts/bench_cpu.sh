@@ -26,3 +26,8 @@ run --model $M/var.safetensors --tokenizer $M/msvq.safetensors --name "VAR" --ou
 run --model $M/var.safetensors --tokenizer $M/msvq.safetensors --sampler reference --name "VAR reference" \
     --out $R/var_reference.json
 run --model $M/actvar_run/actvar.safetensors --tokenizer $M/msvq.safetensors --name "ActVAR" --out $R/actvar.json
+# token sparsity only (70% of tokens on the last three scales, every expert): the budget that saves CPU time
+$A distill --set teacher=$M/var.safetensors --set source=random --set stage1_steps=0 --set stage2_steps=0 \
+    --set budget=fmnist_tokens --set out_dir=$M/actvar_tokens_run --set device=$DEV
+run --model $M/actvar_tokens_run/actvar.safetensors --tokenizer $M/msvq.safetensors --name "ActVAR tokens only" \
+    --out $R/actvar_tokens.json
