@@ -55,6 +55,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     tokenizer = _asset(cfg, "vq_fmnist") or _train_tokenizer(cfg, out, summary)
     summary["reconstruction"] = reconstruction_report(tokenizer, out, max_images=500)
     summary["generators"] = _generator_grids(cfg, out)
+    if summary["generators"]:
+        summary["side_by_side"] = str(_side_by_side(summary["generators"], out / "side_by_side.png"))
     if not summary["generators"]:
         summary["note"] = (
             f"no generator is shipped in {cfg.assets} yet; train one with `argen train gpt|var`, sample it "
@@ -121,6 +123,29 @@ def _generator_grids(cfg: DemoConfig, out: Path) -> list[dict[str, Any]]:
             )
         rows.append(row)
     return rows
+
+
+def _side_by_side(rows: list[dict[str, Any]], path: Path) -> Path:
+    """The generators' class grids in one figure, each titled with its steps, FLOPs and measured time."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    fig, axes = plt.subplots(1, len(rows), figsize=(3.2 * len(rows), 4.6), squeeze=False)
+    for ax, row in zip(axes[0], rows, strict=True):
+        ax.imshow(Image.open(row["image"]), cmap="gray")
+        ax.set_title(
+            f"{row['label']}\n{row['steps']} steps, {row['gflops']:.2f} GFLOPs/img\n"
+            f"{row['n']} images in {row['seconds']:.1f} s (CPU)",
+            fontsize=9,
+        )
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def _extension(cfg: DemoConfig, out: Path) -> dict[str, Any]:

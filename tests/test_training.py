@@ -231,6 +231,20 @@ def test_corrupt_or_mismatched_checkpoint_refused_without_writes(tmp_path):
     assert snapshot(out2) == before
 
 
+def test_init_from_model_file_fine_tunes(tmp_path):
+    first = run(toy_cfg(tmp_path / "a", steps=8, ema_decay=0.0))
+    # zero steps from `init` export exactly the file's weights; a fresh seed alone would not
+    start = load_file(str(run(toy_cfg(tmp_path / "b", steps=0, ema_decay=0.0, seed=9, init=str(first)))))
+    ref = load_file(str(first))
+    assert all(torch.equal(ref[k], start[k]) for k in ref)
+    scratch = load_file(str(run(toy_cfg(tmp_path / "c", steps=0, ema_decay=0.0, seed=9))))
+    assert not all(torch.equal(ref[k], scratch[k]) for k in ref)
+    with pytest.raises(CheckpointError, match="shape mismatches"):
+        run(toy_cfg(tmp_path / "d", model={"preset": "debug", "hidden": 32}, init=str(first)))
+    with pytest.raises(CheckpointError, match="no such model file"):
+        run(toy_cfg(tmp_path / "e", init=str(tmp_path / "missing.safetensors")))
+
+
 def test_checkpoint_roundtrip_restores_optimizer_and_scheduler(tmp_path):
     model = nn.Linear(3, 3, bias=False)  # a single (decay) parameter group
     cfg = OptimConfig(warmup_steps=2)

@@ -29,7 +29,7 @@ from argen.distributed import (
     seed_everything,
     wrap_model,
 )
-from argen.models.checkpoints import CheckpointError, load_strict, save_model
+from argen.models.checkpoints import CheckpointError, load_strict, read_safetensors, save_model
 from argen.training import checkpoint as ckpt
 from argen.training.ema import EMA
 from argen.training.optim import build_optimizer, build_scheduler
@@ -174,7 +174,12 @@ class _Run:
 def _build(cfg: TrainConfig, info: DistInfo) -> _Run:
     task = get_task(cfg.task)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    module = task.build_model(cfg.model).to(info.device)
+    module = task.build_model(cfg.model)
+    if cfg.init:
+        if not Path(cfg.init).is_file():
+            raise CheckpointError(f"init={cfg.init!r}: no such model file (give an argen .safetensors file)")
+        load_strict(module, read_safetensors(cfg.init), source=cfg.init)
+    module = module.to(info.device)
     model = wrap_model(module, cfg.strategy, info.device)
     optimizer = build_optimizer(module, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.steps)
