@@ -133,9 +133,11 @@ def _side_by_side(rows: list[dict[str, Any]], path: Path) -> Path:
     import matplotlib.pyplot as plt
     from PIL import Image
 
-    fig, axes = plt.subplots(1, len(rows), figsize=(3.2 * len(rows), 4.6), squeeze=False)
-    for ax, row in zip(axes[0], rows, strict=True):
-        ax.imshow(Image.open(row["image"]), cmap="gray")
+    images = [Image.open(row["image"]) for row in rows]
+    aspect = images[0].height / images[0].width
+    fig, axes = plt.subplots(1, len(rows), figsize=(3.2 * len(rows), 3.2 * aspect + 0.9), squeeze=False)
+    for ax, row, image in zip(axes[0], rows, images, strict=True):
+        ax.imshow(image, cmap="gray")
         ax.set_title(
             f"{row['label']}\n{row['steps']} steps, {row['gflops']:.2f} GFLOPs/img\n"
             f"{row['n']} images in {row['seconds']:.1f} s (CPU)",

@@ -38,6 +38,28 @@ def _load(result: dict[str, Any] | str | Path) -> dict[str, Any]:
     return json.loads(Path(result).read_text())
 
 
+def _annotate(fig, ax, points: list[tuple]) -> None:
+    """Label each point at the first of a few offsets whose text box overlaps no label placed before."""
+    from matplotlib.transforms import Bbox
+
+    fig.tight_layout()  # final geometry first, so the boxes compared below are where the text will be
+    renderer = fig.canvas.get_renderer()
+    markers = ax.transData.transform([(p[0], p[1]) for p in points]) if points else []
+    placed = [Bbox.from_extents(mx - 4, my - 4, mx + 4, my + 4) for mx, my in markers]
+    offsets = ((5, 4, "left"), (5, -11, "left"), (-5, 4, "right"), (-5, -11, "right"), (5, 14, "left"))
+    for x, y, label, _ in sorted(points, key=lambda p: (p[0], p[1])):
+        for dx, dy, ha in offsets:
+            ann = ax.annotate(label, (x, y), textcoords="offset points", xytext=(dx, dy), ha=ha, fontsize=8)
+            box = ann.get_window_extent(renderer).expanded(1.05, 1.3)
+            if not any(box.overlaps(other) for other in placed):
+                break
+            ann.remove()
+        else:  # every offset collides: keep the first
+            ann = ax.annotate(label, (x, y), textcoords="offset points", xytext=offsets[0][:2], fontsize=8)
+            box = ann.get_window_extent(renderer)
+        placed.append(box)
+
+
 def plot_quality_speed(
     results: Sequence[dict[str, Any] | str | Path],
     out: str | Path,
@@ -89,16 +111,17 @@ def plot_quality_speed(
     groups = list(dict.fromkeys(p[3] for p in points))
     cmap = plt.get_cmap("tab10")
     for gi, g in enumerate(groups):
-        pts = sorted((p for p in points if p[3] == g), key=lambda p: p[0])
-        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-        ax.plot(xs, ys, "-o" if len(pts) > 1 else "o", color=cmap(gi % 10), label=g, ms=6)
-        for x, y, label, _ in pts:
-            if label != g:
-                ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        pts = [p for p in points if p[3] == g]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o", color=cmap(gi % 10), label=g, ms=6)
     if isinstance(floor, int | float):
         ax.axhline(floor, ls="--", color="grey", lw=1, label=f"real-vs-real floor ({floor:.2f})")
-    ax.set_xscale("log")
-    ax.set_xlabel(f"{x_key} (log scale, higher is faster)")
+    xs = [p[0] for p in points]
+    log_x = max(xs) / min(xs) > 10  # a log axis only pays when speeds span a decade or more
+    if log_x:
+        ax.set_xscale("log")
+    ax.margins(x=0.1)  # room for the labels of the outermost points
+    _annotate(fig, ax, [p for p in points if p[2] != p[3]])
+    ax.set_xlabel(f"{x_key} ({'log scale, ' if log_x else ''}higher is faster)")
     ax.set_ylabel(f"{y_key} (lower is better)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
