@@ -57,7 +57,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     summary["generators"] = _generator_grids(cfg, out)
     if summary["generators"]:
         summary["side_by_side"] = str(_side_by_side(summary["generators"], out / "side_by_side.png"))
-    if not summary["generators"]:
+    else:
         summary["note"] = (
             f"no generator is shipped in {cfg.assets} yet; train one with `argen train gpt|var`, sample it "
             "with `argen sample` (see README)"

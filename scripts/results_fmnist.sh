@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The README results table: every shipped Fashion-MNIST generator, sampled with its default settings (CFG 2,
-# temperature 1, seed 0), scored against 5000 train images (Inception FID/KID, N samples, real-vs-real floor
-# at N from the test split) and the shipped classifier, then timed (`argen bench`, batch 1 and 16).
+# The README results table: every shipped Fashion-MNIST generator, sampled with its own default settings
+# (seed 0), scored against 5000 train images (Inception FID/KID, N samples, real-vs-real floor at N from the
+# test split) and the shipped classifier, then timed (`argen bench`, batch 1 and 16).
 # Writes results/fmnist/<row>.eval.json and <row>.bench.json; scripts/results_table.py makes the table and plot.
 #   bash scripts/results_fmnist.sh [device] [rows...]     (N=1000 by default; OMP_NUM_THREADS as you wish)
 # ONLY=eval or ONLY=bench runs one half (the README's timings: ONLY=bench on an idle machine, one thread).
@@ -20,8 +20,8 @@ row() {  # row <name> <model asset> <tokenizer asset> [sampler options]
   if [ -n "${ROWS:-}" ] && [[ " $ROWS " != *" $name "* ]]; then return; fi
   [ "${ONLY:-}" = bench ] || $A eval --model "$model" --tokenizer "$tok" --n "$N" --device "$DEV" "$@" \
     --set ref_n=5000 --set out=$R/$name.eval.json
-  [ "${ONLY:-}" = eval ] || $A bench --model "$model" --tokenizer "$tok" --device "$DEV" --batch-sizes 1,16 --repeats 3 "$@" \
-    --name "$name" --out $R/$name.bench.json
+  [ "${ONLY:-}" = eval ] || $A bench --model "$model" --tokenizer "$tok" --device "$DEV" "$@" \
+    --batch-sizes 1,16 --repeats 3 --name "$name" --out $R/$name.bench.json
 }
 ROWS="$*"
 row raster raster_fmnist vq_fmnist
