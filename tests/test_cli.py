@@ -36,6 +36,21 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
+def _gen(command: str, model: Path, tokenizer: Path, *flags: str, **options: object) -> list[str]:
+    """`command --model M --tokenizer T --device cpu`, then `--flag`s and `--option value`s
+    (`n_per_class=2` -> `--n-per-class 2`)."""
+    args = [command, "--model", str(model), "--tokenizer", str(tokenizer), "--device", "cpu"]
+    args += [f"--{flag}" for flag in flags]
+    for name, value in options.items():
+        args += [f"--{name.replace('_', '-')}", str(value)]
+    return args
+
+
+def _tokenize_folder(tokenizer: Path, root: Path, out: Path) -> None:
+    args = {"tokenizer": tokenizer, "source": "imagefolder", "root": root, "out": out, "device": "cpu"}
+    main(["tokenize", *(arg for name, value in args.items() for arg in (f"--{name}", str(value)))])
+
+
 def _run(args: list[str], capsys: pytest.CaptureFixture) -> dict:
     main(args)
     out = capsys.readouterr().out
@@ -43,26 +58,8 @@ def _run(args: list[str], capsys: pytest.CaptureFixture) -> dict:
 
 
 def test_ear_sample_writes_grid_gif_and_reports_passes(files: dict, tmp_path: Path, capsys) -> None:
-    rep = _run(
-        [
-            "sample",
-            "--model",
-            str(files["ear"]),
-            "--tokenizer",
-            str(files["vq"]),
-            "--classes",
-            "1,3",
-            "--n-per-class",
-            "2",
-            "--gif",
-            "--npz",
-            "--out",
-            str(tmp_path),
-            "--device",
-            "cpu",
-        ],
-        capsys,
-    )
+    args = _gen("sample", files["ear"], files["vq"], "gif", "npz", classes="1,3", n_per_class=2, out=tmp_path)
+    rep = _run(args, capsys)
     assert rep["steps"] == 31 and rep["n"] == 4  # official 'sides' schedule on 16x16
     assert Image.open(rep["grid"]).size[0] > 0
     gif = Image.open(rep["gif"])
@@ -80,23 +77,7 @@ def test_any_schedule_changes_passes(files: dict, capsys) -> None:
 
 def test_var_sample_writes_scale_strip(files: dict, tmp_path: Path, capsys) -> None:
     rep = _run(
-        [
-            "sample",
-            "--model",
-            str(files["var"]),
-            "--tokenizer",
-            str(files["msvq"]),
-            "--classes",
-            "0",
-            "--n-per-class",
-            "3",
-            "--gif",
-            "--out",
-            str(tmp_path),
-            "--device",
-            "cpu",
-        ],
-        capsys,
+        _gen("sample", files["var"], files["msvq"], "gif", classes=0, n_per_class=3, out=tmp_path), capsys
     )
     assert rep["steps"] == 4
     assert Image.open(rep["strip"]).size[0] > Image.open(rep["strip"]).size[1]  # one column per scale
@@ -105,26 +86,8 @@ def test_var_sample_writes_scale_strip(files: dict, tmp_path: Path, capsys) -> N
 def test_extension_onto_a_larger_canvas(files: dict, tmp_path: Path, capsys) -> None:
     if not Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz").is_file():
         pytest.skip("Fashion-MNIST not installed")
-    rep = _run(
-        [
-            "extend",
-            "--model",
-            str(files["ear"]),
-            "--tokenizer",
-            str(files["vq"]),
-            "--centre",
-            "6",
-            "--canvas",
-            "20",
-            "--images",
-            "0,1",
-            "--out",
-            str(tmp_path),
-            "--device",
-            "cpu",
-        ],
-        capsys,
-    )
+    args = _gen("extend", files["ear"], files["vq"], centre=6, canvas=20, images="0,1", out=tmp_path)
+    rep = _run(args, capsys)
     assert rep["mode"] == "extension" and rep["canvas_tokens"] == 20
     w, h = Image.open(rep["image"]).size
     assert w > h  # three panels per row: original | kept centre | extended
@@ -136,18 +99,7 @@ def test_extension_onto_a_larger_canvas(files: dict, tmp_path: Path, capsys) -> 
 )
 def test_user_errors_are_explained(files, tmp_path, capsys, tokenizer: str, extra: list, message) -> None:
     with pytest.raises(SystemExit) as e:
-        main(
-            [
-                "sample",
-                "--model",
-                str(files["ear"]),
-                "--tokenizer",
-                str(files[tokenizer]),
-                "--out",
-                str(tmp_path),
-                *extra,
-            ]
-        )
+        main([*_gen("sample", files["ear"], files[tokenizer], out=tmp_path), *extra])
     assert e.value.code == 2
     assert message in capsys.readouterr().err
 
@@ -191,66 +143,19 @@ def test_tokenize_imagefolder(tmp_path: Path, capsys) -> None:
         (tmp_path / "imgs" / cls).mkdir(parents=True)
         for i in range(3):
             Image.fromarray(np.full((40, 36), 40 * i, np.uint8)).save(tmp_path / "imgs" / cls / f"{i}.png")
-    main(
-        [
-            "tokenize",
-            "--tokenizer",
-            str(vq_rgb),
-            "--source",
-            "imagefolder",
-            "--root",
-            str(tmp_path / "imgs"),
-            "--out",
-            str(tmp_path / "tok.npz"),
-            "--device",
-            "cpu",
-        ]
-    )
+    _tokenize_folder(vq_rgb, tmp_path / "imgs", tmp_path / "tok.npz")
     with np.load(tmp_path / "tok.npz") as f:
         assert f["codes"].shape == (6, 256) and f["labels"].tolist() == [0, 0, 0, 1, 1, 1]
 
 
 def test_generate_writes_shards_and_packs_them(files: dict, tmp_path: Path, capsys) -> None:
-    rep = _run(
-        [
-            "generate",
-            "--model",
-            str(files["var"]),
-            "--tokenizer",
-            str(files["msvq"]),
-            "--n",
-            "5",
-            "--batch-size",
-            "2",
-            "--out",
-            str(tmp_path / "s"),
-            "--device",
-            "cpu",
-        ],
-        capsys,
-    )
+    args = _gen("generate", files["var"], files["msvq"], n=5, batch_size=2, out=tmp_path / "s")
+    rep = _run(args, capsys)
     assert rep["ok"]
     with np.load(rep["npz"]) as f:
         assert f["arr_0"].shape[0] == 5 and f["arr_1"].tolist() == [0, 1, 2, 3, 4]
     # resuming after completion writes nothing new and packs the same images
-    again = _run(
-        [
-            "generate",
-            "--model",
-            str(files["var"]),
-            "--tokenizer",
-            str(files["msvq"]),
-            "--n",
-            "5",
-            "--batch-size",
-            "2",
-            "--out",
-            str(tmp_path / "s"),
-            "--device",
-            "cpu",
-        ],
-        capsys,
-    )
+    again = _run(args, capsys)
     with np.load(rep["npz"]) as f, np.load(again["npz"]) as g:
         assert np.array_equal(f["arr_0"], g["arr_0"])
 
@@ -264,63 +169,22 @@ def test_tokenize_train_sample_chain(files: dict, tmp_path: Path, capsys) -> Non
                 tmp_path / "imgs" / cls / f"{i}.png"
             )
     vq_rgb = save_model(_init(VQModel(vq_config("debug", codebook_size=64))), tmp_path / "vq_rgb")
-    main(
-        [
-            "tokenize",
-            "--tokenizer",
-            str(vq_rgb),
-            "--source",
-            "imagefolder",
-            "--root",
-            str(tmp_path / "imgs"),
-            "--out",
-            str(tmp_path / "tok.npz"),
-            "--device",
-            "cpu",
-        ]
-    )
-    main(
-        [
-            "train",
-            "gpt",
-            "--set",
-            "model.preset=debug",
-            "--set",
-            "model.grid=16",
-            "--set",
-            "model.num_classes=2",
-            "--set",
-            "data.source=tokens",
-            "--set",
-            f"data.root={tmp_path / 'tok.npz'}",
-            "--set",
-            "steps=4",
-            "--set",
-            "batch_size=4",
-            "--set",
-            f"out_dir={tmp_path / 'run'}",
-            "--set",
-            "device=cpu",
-        ]
-    )
+    _tokenize_folder(vq_rgb, tmp_path / "imgs", tmp_path / "tok.npz")
+    sets = [
+        "model.preset=debug",
+        "model.grid=16",
+        "model.num_classes=2",
+        "data.source=tokens",
+        f"data.root={tmp_path / 'tok.npz'}",
+        "steps=4",
+        "batch_size=4",
+        f"out_dir={tmp_path / 'run'}",
+        "device=cpu",
+    ]
+    main(["train", "gpt", *(arg for kv in sets for arg in ("--set", kv))])
     capsys.readouterr()
-    rep = _run(
-        [
-            "sample",
-            "--model",
-            str(tmp_path / "run" / "model.safetensors"),
-            "--tokenizer",
-            str(vq_rgb),
-            "--n-per-class",
-            "2",
-            "--out",
-            str(tmp_path / "s"),
-            "--device",
-            "cpu",
-            "--npz",
-        ],
-        capsys,
-    )
+    model = tmp_path / "run" / "model.safetensors"
+    rep = _run(_gen("sample", model, vq_rgb, "npz", n_per_class=2, out=tmp_path / "s"), capsys)
     with np.load(rep["npz"]) as f:
         assert f["arr_0"].shape == (4, 32, 32, 3) and f["arr_1"].tolist() == [0, 0, 1, 1]
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -330,53 +194,16 @@ def test_tokenize_train_sample_chain(files: dict, tmp_path: Path, capsys) -> Non
 def test_var_reference_sampler_flag_matches_fast(files: dict, tmp_path: Path, capsys) -> None:
     arrays = []
     for sampler in ("fast", "reference"):
-        rep = _run(
-            [
-                "sample",
-                "--model",
-                str(files["var"]),
-                "--tokenizer",
-                str(files["msvq"]),
-                "--classes",
-                "2,7",
-                "--n-per-class",
-                "2",
-                "--sampler",
-                sampler,
-                "--npz",
-                "--out",
-                str(tmp_path / sampler),
-                "--device",
-                "cpu",
-            ],
-            capsys,
-        )
+        opts = dict(classes="2,7", n_per_class=2, sampler=sampler, out=tmp_path / sampler)
+        rep = _run(_gen("sample", files["var"], files["msvq"], "npz", **opts), capsys)
         with np.load(rep["npz"]) as f:
             arrays.append(f["arr_0"])
     assert np.array_equal(arrays[0], arrays[1])
 
 
 def test_adaptive_schedule_flag_chooses_passes(files: dict, tmp_path: Path, capsys) -> None:
-    rep = _run(
-        [
-            "sample",
-            "--model",
-            str(files["ear"]),
-            "--tokenizer",
-            str(files["vq"]),
-            "--classes",
-            "0",
-            "--n-per-class",
-            "2",
-            "--adaptive",
-            "0.5",
-            "--out",
-            str(tmp_path),
-            "--device",
-            "cpu",
-        ],
-        capsys,
-    )
+    args = _gen("sample", files["ear"], files["vq"], classes=0, n_per_class=2, adaptive=0.5, out=tmp_path)
+    rep = _run(args, capsys)
     # the random model's zero-initialised head gives uniform probabilities (1/64 < 0.5): unsure everywhere,
     # so every pass keeps only its first token, against 31 passes for the fixed schedule
     assert rep["steps"] == 256
