@@ -276,7 +276,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         cfg.samples = args.samples
     if cfg.samples is None and not args.model:
         raise ValueError("give --samples (folder or .npz) or --model/--tokenizer to sample from")
-    images = labels = None
+    images = labels = extra = None
     if args.model:
         pipe = _pipeline(args)
         import torch
@@ -284,13 +284,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
         labels = torch.arange(args.n) % pipe.num_classes
         samples = pipe.sample(labels)
         images, cfg.sample_seed = samples.images, pipe.sampling.seed
-    report = evaluate(cfg, images, labels)
-    if args.model:
         seconds = round(samples.seconds, 2)
-        report["generator"] = {"model": args.model, **pipe.cost(), "sample_seconds": seconds}
-        if cfg.out:
-            Path(cfg.out).write_text(json.dumps(report, indent=2, default=str) + "\n")
-    _print_json(report)
+        extra = {"generator": {"model": args.model, **pipe.cost(), "sample_seconds": seconds}}
+    _print_json(evaluate(cfg, images, labels, extra))
 
 
 def cmd_bench(args: argparse.Namespace) -> None:

@@ -43,8 +43,9 @@ def _cfg(clf: str, **kw) -> EvalConfig:
 def test_real_samples_sit_at_the_floor_and_noise_far_above(env, real):
     tmp, clf = env
     imgs, labels = real
-    rep = evaluate(_cfg(clf, out=str(tmp / "r.json"), sample_seed=7), imgs, labels)
-    assert rep == json.loads((tmp / "r.json").read_text())
+    extra = {"generator": {"model": "m.safetensors", "steps": 31}}
+    rep = evaluate(_cfg(clf, out=str(tmp / "r.json"), sample_seed=7), imgs, labels, extra)
+    assert rep == json.loads((tmp / "r.json").read_text()) and rep["generator"] == extra["generator"]
     assert rep["n"] == 60 and rep["floor"]["n"] == 60 and rep["floor"]["split"] == "test"
     assert rep["seeds"] == {"eval_seed": 0, "sample_seed": 7} and not rep["standard_fid"]
     assert "NONSTANDARD" in rep["features"] and 0 <= rep["class_accuracy"] <= 1

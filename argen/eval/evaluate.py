@@ -236,13 +236,17 @@ def _class_accuracy(cfg: EvalConfig, images: torch.Tensor, labels: torch.Tensor)
 
 
 def evaluate(
-    cfg: EvalConfig, images: torch.Tensor | None = None, labels: torch.Tensor | None = None
+    cfg: EvalConfig,
+    images: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a sample set; returns (and writes to `cfg.out`) the JSON report.
 
     Args:
         cfg: what to evaluate. images: in-memory samples (N, C, H, W), uint8 or float in [0, 1]; used
             instead of `cfg.samples`. labels: (N,) intended classes of in-memory samples, optional.
+        extra: JSON-able fields added to the report (e.g. the generator that made the samples).
 
     Returns:
         {"n", "features", "standard_fid", "fid", "kid_mean", "kid_std", "precision", "recall",
@@ -273,6 +277,7 @@ def evaluate(
     report["seeds"] = {"eval_seed": cfg.seed, "sample_seed": cfg.sample_seed}
     report["config"] = to_dict(cfg)
     report["seconds"] = round(time.time() - t0, 1)
+    report.update(extra or {})
     if cfg.out is not None:
         Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
         Path(cfg.out).write_text(json.dumps(report, indent=2) + "\n")
