@@ -1,0 +1,99 @@
+"""`argen eval`, `argen bench`, `argen flops`, `argen plot`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from argen.cli.common import config_flags, generate_flags, ints, pipeline, print_json
+from argen.config import load_config, to_dict
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from argen.eval.evaluate import EvalConfig, evaluate
+
+    cfg = load_config(EvalConfig, args.config, args.set)
+    if args.samples:
+        cfg.samples = args.samples
+    if cfg.samples is None and not args.model:
+        raise ValueError("give --samples (folder or .npz) or --model/--tokenizer to sample from")
+    images = labels = extra = None
+    if args.model:
+        pipe = pipeline(args)
+        import torch
+
+        labels = torch.arange(args.n) % pipe.num_classes
+        samples = pipe.sample(labels)
+        images, cfg.sample_seed = samples.images, pipe.sampling.seed
+        seconds = round(samples.seconds, 2)
+        extra = {"generator": {"model": args.model, **pipe.cost(), "sample_seconds": seconds}}
+    print_json(evaluate(cfg, images, labels, extra))
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    import torch
+
+    from argen.eval.bench import BenchConfig, run_bench
+
+    pipe = pipeline(args)
+    cfg = BenchConfig(
+        batch_sizes=tuple(args.batch_sizes),
+        warmup=args.warmup,
+        repeats=args.repeats,
+        device=args.device,
+        out=args.out,
+    )
+    pipe.cfg.batch_size = max(cfg.batch_sizes)
+
+    def sample_fn(batch: int) -> Any:
+        return pipe.sample(torch.arange(batch) % pipe.num_classes).images
+
+    cost = pipe.cost()
+    meta = {
+        "name": args.name or Path(args.model).stem,
+        "model": args.model,
+        **cost,
+        "flops_per_image": cost["gflops"] * 1e9,
+        "sampling": to_dict(pipe.sampling),
+    }
+    print_json(run_bench(cfg, sample_fn, meta))
+
+
+def cmd_flops(args: argparse.Namespace) -> None:
+    print_json(pipeline(args).cost())
+
+
+def cmd_plot(args: argparse.Namespace) -> None:
+    from argen.eval.plot import plot_quality_speed
+
+    print(f"plot written to {plot_quality_speed(args.results, args.out, x_key=args.x, y_key=args.y)}")
+
+
+def add_evaluation(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="FID/KID/precision/recall (+ class accuracy) of samples or a generator")
+    p.add_argument("--samples", help="folder of PNGs or ADM .npz")
+    generate_flags(p, model_required=False, tokenizer_required=False)
+    p.add_argument("--n", type=int, default=1000, help="with --model: images sampled (classes cycled)")
+    config_flags(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("bench", help="sampling throughput, latency, memory and FLOPs as JSON")
+    generate_flags(p)
+    p.add_argument("--batch-sizes", type=ints, default=[1, 8, 32])
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--name", help="label of this result in plots")
+    p.add_argument("--out", help="JSON output path")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("flops", help="analytic per-image sampling cost: passes, tokens, GFLOPs")
+    generate_flags(p, tokenizer_required=False)
+    p.set_defaults(func=cmd_flops)
+
+    p = sub.add_parser("plot", help="quality vs speed plot from result JSONs")
+    p.add_argument("results", nargs="+")
+    p.add_argument("--out", default="out/quality_speed.png")
+    p.add_argument("--x", default="img_per_s")
+    p.add_argument("--y", default="fid")
+    p.set_defaults(func=cmd_plot)

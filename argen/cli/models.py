@@ -1,0 +1,71 @@
+"""`argen convert`, `argen init`, `argen reconstruct`, `argen demo`."""
+
+from __future__ import annotations
+
+import argparse
+
+from argen.cli.common import print_json
+from argen.config import from_dict
+
+
+def cmd_convert(args: argparse.Namespace) -> None:
+    from argen.models.convert import convert_official
+
+    print(f"written {convert_official(args.official, args.kind, args.preset, args.out)}")
+
+
+def cmd_init(args: argparse.Namespace) -> None:
+    import torch
+
+    from argen.config import parse_overrides
+    from argen.models.checkpoints import save_model
+    from argen.training.tasks import get_task
+
+    torch.manual_seed(args.seed)
+    model = get_task(args.task).build_model({"preset": args.preset, **parse_overrides(args.set)})
+    model = getattr(model, "export_model", lambda: model)()
+    print(f"random-weight {model.kind} model written to {save_model(model, args.out)}")
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> None:
+    from argen.tokenizers.evaluate import reconstruction_report
+
+    print_json(reconstruction_report(args.tokenizer, args.out, args.n, args.split))
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from argen.demo import DemoConfig, run_demo
+
+    cfg = from_dict(
+        DemoConfig, {"out": args.out, **({"train_seconds": args.train_seconds} if args.train_seconds else {})}
+    )
+    print_json(run_demo(cfg))
+
+
+def add_models(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="official checkpoint (.pth/.pt) -> argen model file")
+    p.add_argument("--official", required=True, help="official file, e.g. var_d16.pth, vq_ds16_c2i.pt")
+    p.add_argument("--kind", required=True, help="vq | msvq | gpt | var")
+    p.add_argument("--preset", help="model preset (e.g. d16, llamagen_vq16, GPT-B, EAR-B)")
+    p.add_argument("--out", required=True, help="output path (NAME -> NAME.safetensors + NAME.json)")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("init", help="write a randomly initialised model file from a preset (for benchmarks)")
+    p.add_argument("task", help="tokenizer | msvq | gpt | var | classifier")
+    p.add_argument("--preset", required=True)
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="config field override")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("reconstruct", help="tokenizer PSNR, codebook usage and a reconstruction picture")
+    p.add_argument("--tokenizer", required=True, help="argen vq or msvq model file")
+    p.add_argument("--n", type=int, default=2000, help="Fashion-MNIST images evaluated")
+    p.add_argument("--split", default="test")
+    p.add_argument("--out", default="out/reconstruct")
+    p.set_defaults(func=cmd_reconstruct)
+
+    p = sub.add_parser("demo", help="the README's demo: run everything small on a CPU")
+    p.add_argument("--out", default="out/demo")
+    p.add_argument("--train-seconds", type=float, help="tokenizer training time when no model is shipped")
+    p.set_defaults(func=cmd_demo)

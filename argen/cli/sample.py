@@ -1,0 +1,112 @@
+"""`argen sample`, `argen generate`, `argen extend`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from argen.cli.common import class_labels, generate_flags, ints, pipeline, print_json
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    from argen.sampling.images import save_gif, save_grid, save_strip
+    from argen.sampling.writer import save_adm_npz
+
+    pipe = pipeline(args)
+    labels = class_labels(pipe, args.classes, args.n_per_class)
+    out = Path(args.out)
+    samples = pipe.sample(labels, frames=args.gif)
+    grid = save_grid(samples.images, out / "samples.png", nrow=args.n_per_class, scale=args.scale)
+    report = {
+        "grid": str(grid),
+        "n": len(labels),
+        "seconds": round(samples.seconds, 3),
+        "img_per_s": round(len(labels) / samples.seconds, 2),
+        **pipe.cost(),
+        "steps": samples.passes,  # passes actually run (adaptive EAR schedules choose them while sampling)
+    }
+    if args.gif and samples.frames:
+        name = "growth.gif" if pipe.family == "gpt" else "scales.gif"
+        report["gif"] = str(save_gif(samples.frames, out / name, nrow=args.n_per_class, scale=args.scale))
+        if pipe.family == "var":
+            report["strip"] = str(save_strip(samples.frames, out / "scales.png", scale=args.scale))
+    if args.npz:
+        report["npz"] = str(save_adm_npz(samples.images, samples.labels, out / "samples.npz"))
+    (out / "sample.json").write_text(json.dumps(report, indent=2) + "\n")
+    print_json(report)
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    """Many samples (FID sets) as shards named by global index; under torchrun each rank takes its share."""
+    from argen.distributed import DistInfo, init_distributed
+    from argen.sampling.writer import pack_npz, write_samples
+
+    info: DistInfo = init_distributed(args.device)
+    args.device = str(info.device)
+    pipe = pipeline(args)
+
+    def sample_fn(labels_B: Any, seeds_B: Any) -> Any:
+        return pipe.sample(labels_B, seed=int(seeds_B[0])).images
+
+    check = write_samples(
+        sample_fn,
+        args.out,
+        args.n,
+        labels=pipe.num_classes,
+        batch_size=args.batch_size,
+        fmt="npz",
+        seed=pipe.sampling.seed,
+    )
+    if info.is_main:
+        packed = pack_npz(args.out, Path(args.out).with_suffix(".npz"), args.n)
+        print_json({"folder": args.out, "npz": str(packed), "n": args.n, "ok": check.ok, **pipe.cost()})
+
+
+def cmd_extend(args: argparse.Namespace) -> None:
+    from argen.sampling.extend import ExtendConfig, extend_images
+
+    cfg = ExtendConfig(
+        model=args.model,
+        tokenizer=args.tokenizer,
+        centre=args.centre,
+        canvas=args.canvas,
+        images=args.images,
+        classes=args.classes,
+        cfg_scale=args.cfg_scale or 2.0,
+        seed=args.seed or 0,
+        device=args.device,
+    )
+    print_json(extend_images(cfg, Path(args.out)))
+
+
+def add_sampling(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sample", help="class-conditional samples as a PNG grid (+ growth GIF / scale strip)")
+    generate_flags(p)
+    p.add_argument("--classes", type=ints, help="class ids, comma-separated (default: all)")
+    p.add_argument("--n-per-class", type=int, default=8)
+    p.add_argument("--out", default="out/sample")
+    p.add_argument("--gif", action="store_true", help="EAR: growth GIF; VAR: per-scale GIF and strip")
+    p.add_argument("--npz", action="store_true", help="also write samples.npz (ADM format) for `argen eval`")
+    p.add_argument("--scale", type=int, default=3, help="pixel upscaling of the written images")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("generate", help="N samples as shards by global index (torchrun: all ranks share)")
+    generate_flags(p)
+    p.add_argument("--n", type=int, default=10000, help="number of samples (classes cycled)")
+    p.add_argument("--out", default="out/generate", help="shard folder; the packed ADM .npz goes beside it")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("extend", help="EAR: extension / inpainting from centre tokens")
+    p.add_argument("--model", required=True)
+    p.add_argument("--tokenizer", required=True)
+    p.add_argument("--centre", type=int, default=8, help="side of the kept centre crop, in tokens")
+    p.add_argument("--canvas", type=int, help="canvas side in tokens (default: model grid = inpainting)")
+    p.add_argument("--images", type=ints, default=[0, 1, 2, 3], help="Fashion-MNIST test indices")
+    p.add_argument("--classes", type=ints, help="class per image (default: the images' own labels)")
+    p.add_argument("--cfg", type=float, dest="cfg_scale")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default="out/extend")
+    p.set_defaults(func=cmd_extend)

@@ -1,0 +1,70 @@
+"""`argen train`, `argen distill`, `argen tokenize`."""
+
+from __future__ import annotations
+
+import argparse
+
+from argen.cli.common import config_flags
+from argen.config import DataConfig, TrainConfig, load_config, to_dict
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from argen.distributed import is_main
+    from argen.training.loop import train
+
+    cfg = load_config(TrainConfig, args.config, args.set, base={"task": args.task})
+    path = train(cfg, resume=args.resume or None)
+    if is_main():
+        print(f"model written to {path}")
+
+
+def cmd_distill(args: argparse.Namespace) -> None:
+    from argen.training.distill import DistillConfig, distill
+
+    print(f"ActVAR written to {distill(load_config(DistillConfig, args.config, args.set))}")
+
+
+def cmd_tokenize(args: argparse.Namespace) -> None:
+    import torch
+
+    from argen.data import build_image_dataset, extract_tokens
+    from argen.models.checkpoints import load_model
+    from argen.sampling.pipeline import resolve_device
+
+    device = resolve_device(args.device)
+    tok = load_model(args.tokenizer, device)
+    if tok.kind == "msvq":
+
+        def encode(img: torch.Tensor) -> torch.Tensor:
+            return torch.cat(tok.img_to_idxBl(img), dim=1)
+    elif tok.kind == "vq":
+        encode = tok.encode
+    else:
+        raise ValueError(f"{args.tokenizer} is a {tok.kind} model, not a tokenizer (vq or msvq)")
+    data = DataConfig(source=args.source, root=args.root, split=args.split, image_size=args.image_size)
+    meta = {"tokenizer": str(args.tokenizer), "kind": tok.kind, "data": to_dict(data)}
+    path = extract_tokens(encode, build_image_dataset(data), args.out, args.batch_size, device, meta)
+    print(f"tokens written to {path}")
+
+
+def add_training(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a tokenizer, generator or classifier")
+    p.add_argument("task", help="tokenizer | msvq | gpt | var | classifier")
+    config_flags(p)
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in out_dir")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("distill", help="distill a dense VAR into a sparse ActVAR (two stages)")
+    config_flags(p)
+    p.set_defaults(func=cmd_distill)
+
+    p = sub.add_parser("tokenize", help="encode an image dataset once into a token .npz")
+    p.add_argument("--tokenizer", required=True, help="argen vq or msvq model file")
+    p.add_argument("--out", required=True, help="output .npz")
+    p.add_argument("--source", default="fashion_mnist", help="fashion_mnist | imagefolder")
+    p.add_argument("--root", help="IDX directory or ImageFolder root (default: the Debian location)")
+    p.add_argument("--split", default="train")
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_tokenize)
