@@ -42,10 +42,22 @@ def launched_by_torchrun() -> bool:
 
 
 def resolve_device(device: str, local_rank: int = 0) -> torch.device:
-    """ "auto" -> this rank's GPU when CUDA is available, else CPU; anything else is taken as given."""
+    """ "auto" -> this rank's GPU when CUDA is available, else CPU; "cpu", "cuda", "cuda:N" as given.
+
+    Raises:
+        ValueError: an unknown device name, or CUDA asked of a torch build or machine without it.
+    """
     if device == "auto":
         return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device {device!r} is not a device name: use auto, cpu, cuda or cuda:N") from e
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r}: argen runs on auto, cpu, cuda or cuda:N")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        build = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+        raise ValueError(f"device {device!r}: {build} (torch {torch.__version__}); use --device cpu or auto")
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", local_rank)
     return dev

@@ -23,7 +23,7 @@ from torch.utils.data import TensorDataset
 
 from argen.config import OptimConfig, TrainConfig
 from argen.models.checkpoints import load_model, register
-from argen.sampling.writer import check_samples, pack_npz, seed_base, write_samples
+from argen.sampling.writer import check_samples, pack_npz, write_samples
 from argen.training.tasks import Task, register_task
 
 
@@ -106,10 +106,10 @@ def toy_cfg(out: Path, strategy: str, **kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
-def sample_fn(labels_B: torch.Tensor, seeds_B: torch.Tensor) -> torch.Tensor:
-    """A deterministic fake sampler: each image encodes its seed and label, so placement can be checked."""
+def sample_fn(labels_B: torch.Tensor, idx_B: torch.Tensor) -> torch.Tensor:
+    """A deterministic fake sampler: each image encodes its index and label, so placement can be checked."""
     img_BCHW = torch.zeros(len(labels_B), 3, 4, 4)
-    img_BCHW[:, 0] = ((seeds_B - seed_base(1)) % 251).float().div(250)[:, None, None]
+    img_BCHW[:, 0] = (idx_B % 251).float().div(250)[:, None, None]
     img_BCHW[:, 1] = labels_B.float().div(9)[:, None, None]
     return img_BCHW
 
@@ -161,7 +161,7 @@ def worker(out: Path) -> None:
     result["fsdp_dtensor"] = isinstance(w, DTensor) and w.to_local().numel() < w.numel()
     for fmt in ("png", "npz"):
         result[f"written_{fmt}"] = write_samples(
-            sample_fn, out / f"samples_{fmt}", 21, labels=10, batch_size=4, fmt=fmt, seed=1, progress=False
+            sample_fn, out / f"samples_{fmt}", 21, labels=10, batch_size=4, fmt=fmt, progress=False
         ).written
     if info.is_main:
         (out / "result.json").write_text(json.dumps(result))
@@ -246,7 +246,7 @@ def test_distributed_writer_no_gaps_no_duplicates(dist_run, tmp_path, fmt):
 
 def _single_writer(folder: Path, fmt: str) -> Path:
     write_samples(
-        sample_fn, folder, 21, labels=10, batch_size=5, fmt=fmt, seed=1, rank=0, world_size=1, progress=False
+        sample_fn, folder, 21, labels=10, batch_size=5, fmt=fmt, rank=0, world_size=1, progress=False
     )
     return folder
 
@@ -255,9 +255,9 @@ def _single_writer(folder: Path, fmt: str) -> Path:
 def test_writer_resume_skips_existing_and_packs_adm(tmp_path):
     calls = []
 
-    def counting(labels_B, seeds_B):
+    def counting(labels_B, idx_B):
         calls.append(len(labels_B))
-        return sample_fn(labels_B, seeds_B)
+        return sample_fn(labels_B, idx_B)
 
     first = write_samples(
         counting,
@@ -266,7 +266,6 @@ def test_writer_resume_skips_existing_and_packs_adm(tmp_path):
         labels=list(range(10)),
         batch_size=3,
         fmt="npz",
-        seed=1,
         rank=1,
         world_size=2,
         progress=False,
@@ -280,7 +279,6 @@ def test_writer_resume_skips_existing_and_packs_adm(tmp_path):
         labels=list(range(10)),
         batch_size=3,
         fmt="npz",
-        seed=1,
         rank=0,
         world_size=1,
         progress=False,

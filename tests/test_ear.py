@@ -11,7 +11,7 @@ from argen.models.checkpoints import load_strict
 from argen.models.gpt import GPT, GPTConfig, gpt_config
 from argen.orders import build_order
 from argen.sampling.ar import GenerationProcess, centre_prefix, extend_from_centre
-from argen.sampling.logits import SamplingConfig, cfg_combine
+from argen.sampling.logits import SamplingConfig, cfg_combine, sample_keys
 
 
 def _official_ear(fixtures_dir):
@@ -148,17 +148,27 @@ def test_analytic_sampling_flops_match_flop_counter(preset, cfg_scale):
     assert analytic["passes"] == (7 if preset == "debug" else 16)
 
 
-def test_generate_batches_with_per_batch_seeds():
+def test_generate_sample_i_depends_only_on_seed_and_index_not_on_batching():
     from argen.sampling.ar import ARSampleConfig, generate
 
     model = _model()
-    cfg = ARSampleConfig(schedule=3, batch_size=2, sampling=SamplingConfig(cfg_scale=1.5, seed=7))
-    out = generate(model, torch.tensor([0, 1, 2]), cfg, snapshots=True)
-    assert out.tokens_BL.shape == (3, 16) and len(out.snapshots) == 3  # 3 passes chosen at sampling time
-    first = GenerationProcess(build_order("spiral", 4, 3), SamplingConfig(cfg_scale=1.5, seed=7))
-    last = GenerationProcess(build_order("spiral", 4, 3), SamplingConfig(cfg_scale=1.5, seed=8))
-    assert torch.equal(out.tokens_BL[:2], first.sample(model, torch.tensor([0, 1])).tokens_BL)
-    assert torch.equal(out.tokens_BL[2:], last.sample(model, torch.tensor([2])).tokens_BL)
+    labels = torch.tensor([0, 1, 2, 3, 4])
+
+    def run(batch_size, seed=7, indices=None):
+        sampling = SamplingConfig(cfg_scale=1.5, seed=seed)
+        cfg = ARSampleConfig(schedule=3, batch_size=batch_size, sampling=sampling)
+        return generate(model, labels, cfg, snapshots=True, indices_N=indices)
+
+    out = run(2)
+    assert out.tokens_BL.shape == (5, 16) and len(out.snapshots) == 3  # 3 passes chosen at sampling time
+    for batch_size in (1, 3, 5):
+        assert torch.equal(run(batch_size).tokens_BL, out.tokens_BL)
+    # sample i of a batch equals the same index sampled alone; another seed or index changes it
+    alone = run(1, indices=torch.tensor([0, 1, 2, 3, 4]))
+    assert torch.equal(alone.tokens_BL, out.tokens_BL)
+    other_seed, shifted = run(2, seed=8), run(2, indices=torch.arange(5) + 5)
+    assert not torch.equal(other_seed.tokens_BL, out.tokens_BL)
+    assert not torch.equal(shifted.tokens_BL, out.tokens_BL)
 
 
 def test_adaptive_threshold_zero_equals_the_fixed_schedule_of_its_windows():
@@ -183,12 +193,19 @@ def test_adaptive_high_threshold_spends_more_passes():
     model = _model()
     proc = GenerationProcess(build_order("spiral", 4), SamplingConfig(seed=2))
     labels = torch.tensor([1, 2])
-    strict = sample_adaptive(
-        proc, model, labels, AdaptiveConfig(threshold=1.01, min_tokens=2), snapshots=True
-    )
+    floor_only = AdaptiveConfig(threshold=1.01, min_tokens=2, min_keep=0.01, ratio=1.0)
+    strict = sample_adaptive(proc, model, labels, floor_only, snapshots=True)
     loose = sample_adaptive(proc, model, labels, AdaptiveConfig(threshold=0.0))
     assert strict.passes == 8 and loose.passes < strict.passes
-    assert [int((s >= 0).sum()) for s in strict.snapshots] == [4 * (i + 1) for i in range(8)]
+    # snapshots follow the first image: 2 more tokens per pass
+    assert [int((s >= 0).sum()) for s in strict.snapshots] == [2 * (i + 1) for i in range(8)]
+    # each image runs its own schedule: a batch equals its images sampled one by one
+    keys = sample_keys(2, [0, 1])
+    mid = AdaptiveConfig(threshold=0.05)
+    both = sample_adaptive(proc, model, labels, mid, keys_B=keys)
+    for i in range(2):
+        one = sample_adaptive(proc, model, labels[i : i + 1], mid, keys_B=keys[i : i + 1])
+        assert torch.equal(one.tokens_BL, both.tokens_BL[i : i + 1]) and one.passes == both.passes_each[i]
     assert int(strict.tokens_BL.min()) >= 0 and int(loose.tokens_BL.min()) >= 0
     with pytest.raises(ValueError, match="next_any"):
         sample_adaptive(proc, _model("debug_raster"), labels, AdaptiveConfig())

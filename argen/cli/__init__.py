@@ -16,10 +16,14 @@ argen demo --out out/demo
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
+import warnings
 from collections.abc import Callable
+from typing import Any
 
 from argen.cli import evaluate, models, sample, train
+from argen.cli.common import positive_int
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     train.add_training,
@@ -27,6 +31,14 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     evaluate.add_evaluation,
     models.add_models,
 ]
+
+
+class _CommandParser(argparse.ArgumentParser):
+    """Subcommand parser whose --help shows every flag's default."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,7 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=__doc__,
     )
     parser.add_argument("--version", action="version", version=_version())
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        help="CPU threads torch may use (default: torch's choice; on a busy machine fewer can be faster)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_CommandParser)
     for add in COMMANDS:
         add(sub)
     return parser
@@ -49,13 +66,33 @@ def _version() -> str:
     return f"argen {argen.__version__}"
 
 
+def _one_line_warning(message: Any, category: type, filename: str, lineno: int, line: Any = None) -> str:
+    return f"argen: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    warnings.formatwarning = _one_line_warning
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         args.func(args)
     except (ValueError, FileNotFoundError) as e:
         # User errors (bad config, missing data, mismatched checkpoint) get one clear message, no traceback.
         print(f"argen {args.command}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS):
+            raise
+        # Writers go through a temporary file and a rename: what was there before is intact.
+        where = f" ({e.filename})" if e.filename else ""
+        print(
+            f"argen {args.command}: error: {e.strerror}{where}; nothing was left half-written and earlier "
+            "files are intact: free space (or fix permissions) and run the command again",
+            file=sys.stderr,
+        )
         sys.exit(2)
     except KeyboardInterrupt:
         print(f"argen {args.command}: interrupted", file=sys.stderr)

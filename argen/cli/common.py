@@ -36,22 +36,83 @@ def config_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from e
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _float_in(lo: float, hi: float, lo_open: bool, hi_open: bool, what: str) -> Any:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from e
+        ok = (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
+        if not ok:  # also catches nan
+            left, right = "(" if lo_open else "[", ")" if hi_open else "]"
+            raise argparse.ArgumentTypeError(f"{what} must be in {left}{lo}, {hi}{right}, got {text}")
+        return value
+
+    return parse
+
+
+guidance = _float_in(0.0, float("inf"), False, True, "the guidance scale (1 = off)")
+probability = _float_in(0.0, 1.0, True, True, "the adaptive confidence threshold")
+positive_float = _float_in(0.0, float("inf"), True, True, "the value")
+top_p_float = _float_in(0.0, 1.0, True, False, "top-p")
+
+
+def device(text: str) -> str:
+    """Validated early so a bad name or a missing GPU is one line, not a traceback later."""
+    from argen.distributed import resolve_device
+
+    try:
+        resolve_device(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+    return text
+
+
 def generate_flags(
     p: argparse.ArgumentParser, model_required: bool = True, tokenizer_required: bool = True
 ) -> None:
-    p.add_argument("--model", required=model_required, help="generator file (kind gpt, var or actvar)")
-    p.add_argument("--tokenizer", required=tokenizer_required, default="", help="its tokenizer file")
-    p.add_argument("--schedule", type=schedule, help="GPT/EAR: sides | rings | tokens:K | passes | sizes")
-    p.add_argument("--order", help="GPT: raster | spiral | random (default: the model's)")
-    p.add_argument("--cfg", type=float, dest="cfg_scale", help="guidance scale (1 = off)")
-    p.add_argument("--temperature", type=float)
-    p.add_argument("--top-k", type=int)
-    p.add_argument("--top-p", type=float)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--sampler", default="fast", help="VAR: fast (static cache) | reference (no cache)")
-    p.add_argument("--adaptive", type=float, help="EAR: confidence threshold of the adaptive schedule")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--model",
+        required=model_required,
+        help="generator: model file or folder, or a shipped model's name (ear_fmnist, var_fmnist, ...)",
+    )
+    p.add_argument(
+        "--tokenizer", required=tokenizer_required, default="", help="its tokenizer (file, folder or name)"
+    )
+    p.add_argument(
+        "--schedule",
+        type=schedule,
+        help="EAR: sides | rings | tokens:K | passes | sizes (default: the model's)",
+    )
+    p.add_argument("--order", help="GPT: the model's own order only (raster | spiral | random)")
+    p.add_argument(
+        "--cfg", type=guidance, dest="cfg_scale", help="guidance scale >= 0, 1 = off (default: the model's)"
+    )
+    p.add_argument("--temperature", type=positive_float, help="> 0 (default: 1)")
+    p.add_argument("--top-k", type=int, help="keep the k most likely tokens, 0 = all (default: model's)")
+    p.add_argument("--top-p", type=top_p_float, help="nucleus mass in (0, 1] (default: the model's)")
+    p.add_argument("--seed", type=int, help="sampling seed; sample i depends on (seed, i) only (default: 0)")
+    p.add_argument(
+        "--sampler",
+        default="fast",
+        choices=("fast", "reference"),
+        help="VAR: fast (static cache) | reference (no cache)",
+    )
+    p.add_argument(
+        "--adaptive", type=probability, help="EAR: confidence threshold in (0, 1) of adaptive passes"
+    )
+    p.add_argument("--batch-size", type=positive_int, default=32, help="images per forward batch")
+    p.add_argument("--device", type=device, default="auto", help="auto | cpu | cuda | cuda:N")
 
 
 def pipeline(args: argparse.Namespace) -> Any:

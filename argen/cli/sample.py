@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
-from argen.cli.common import class_labels, generate_flags, ints, pipeline, print_json
+from argen.cli.common import class_labels, generate_flags, ints, pipeline, positive_int, print_json
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
@@ -24,8 +25,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
         "n": len(labels),
         "seconds": round(samples.seconds, 3),
         "img_per_s": round(len(labels) / samples.seconds, 2),
-        **pipe.cost(),
-        "steps": samples.passes,  # passes actually run (adaptive EAR schedules choose them while sampling)
+        **pipe.cost(samples),  # adaptive EAR: the mean passes, tokens and FLOPs that really ran
     }
     if args.gif and samples.frames:
         name = "growth.gif" if pipe.family == "gpt" else "scales.gif"
@@ -39,29 +39,35 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    """Many samples (FID sets) as shards named by global index; under torchrun each rank takes its share."""
-    from argen.distributed import DistInfo, init_distributed
-    from argen.sampling.writer import pack_npz, write_samples
+    """Many samples (FID sets) as shards named by global index; under torchrun each rank takes its share.
+
+    Sample i depends only on (seed, i, settings): any batch size and any number of ranks give the same
+    folder. The folder records the run's settings and refuses another run's samples.
+    """
+    from argen.distributed import DistInfo, barrier, init_distributed
+    from argen.sampling.writer import claim_folder, pack_npz, write_samples
 
     info: DistInfo = init_distributed(args.device)
     args.device = str(info.device)
     pipe = pipeline(args)
+    if info.is_main:
+        claim_folder(args.out, pipe.run_record(), overwrite=args.overwrite)
+    barrier()
+    costs = []
 
-    def sample_fn(labels_B: Any, seeds_B: Any) -> Any:
-        return pipe.sample(labels_B, seed=int(seeds_B[0])).images
+    def sample_fn(labels_B: Any, idx_B: Any) -> Any:
+        samples = pipe.sample(labels_B, indices_N=idx_B)
+        costs.append(samples)
+        return samples.images
 
     check = write_samples(
-        sample_fn,
-        args.out,
-        args.n,
-        labels=pipe.num_classes,
-        batch_size=args.batch_size,
-        fmt="npz",
-        seed=pipe.sampling.seed,
+        sample_fn, args.out, args.n, labels=pipe.num_classes, batch_size=args.batch_size, fmt="npz"
     )
     if info.is_main:
         packed = pack_npz(args.out, Path(args.out).with_suffix(".npz"), args.n)
-        print_json({"folder": args.out, "npz": str(packed), "n": args.n, "ok": check.ok, **pipe.cost()})
+        shapes = [s for c in costs for s in c.shapes_each]  # adaptive EAR: this rank's images
+        cost = pipe.cost(dataclasses.replace(costs[0], shapes_each=shapes)) if shapes else pipe.cost()
+        print_json({"folder": args.out, "npz": str(packed), "n": args.n, "ok": check.ok, **cost})
 
 
 def cmd_extend(args: argparse.Namespace) -> None:
@@ -94,8 +100,18 @@ def add_sampling(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("generate", help="N samples as shards by global index (torchrun: all ranks share)")
     generate_flags(p)
-    p.add_argument("--n", type=int, default=10000, help="number of samples (classes cycled)")
+    p.add_argument(
+        "--num-samples",
+        "--n",
+        dest="n",
+        type=positive_int,
+        default=10000,
+        help="number of samples, classes cycled (under torchrun write --num-samples: torchrun takes --n)",
+    )
     p.add_argument("--out", default="out/generate", help="shard folder; the packed ADM .npz goes beside it")
+    p.add_argument(
+        "--overwrite", action="store_true", help="delete another run's samples in --out instead of refusing"
+    )
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("extend", help="EAR: extension / inpainting from centre tokens")

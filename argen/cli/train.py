@@ -28,8 +28,8 @@ def cmd_tokenize(args: argparse.Namespace) -> None:
     import torch
 
     from argen.data import build_image_dataset, extract_tokens
-    from argen.models.checkpoints import load_model
-    from argen.sampling.pipeline import resolve_device
+    from argen.distributed import resolve_device
+    from argen.models.checkpoints import load_model, tokenizer_fingerprint
 
     device = resolve_device(args.device)
     tok = load_model(args.tokenizer, device)
@@ -43,6 +43,7 @@ def cmd_tokenize(args: argparse.Namespace) -> None:
         raise ValueError(f"{args.tokenizer} is a {tok.kind} model, not a tokenizer (vq or msvq)")
     data = DataConfig(source=args.source, root=args.root, split=args.split, image_size=args.image_size)
     meta = {"tokenizer": str(args.tokenizer), "kind": tok.kind, "data": to_dict(data)}
+    meta["tokenizer_fingerprint"] = tokenizer_fingerprint(tok)  # generators record it; a mismatch is caught
     path = extract_tokens(encode, build_image_dataset(data), args.out, args.batch_size, device, meta)
     print(f"tokens written to {path}")
 

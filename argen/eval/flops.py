@@ -122,6 +122,14 @@ def gpt_sampling_flops(cfg: Any, order: Any, guided: bool = True, prefix_len: in
     return {"flops": flops, "tokens": tokens, "passes": len(steps)}
 
 
+def gpt_passes_flops(cfg: Any, shapes: list[tuple[int, int, int]], guided: bool = True) -> dict[str, int]:
+    """FLOPs of GPT passes that ran (adaptive EAR), per image: each pass as (slots fed, visible cache
+    width, positions predicted), as recorded by `argen.sampling.ar.sample_adaptive`."""
+    rows = 2 if guided else 1
+    flops = sum(rows * _gpt_pass_flops(cfg, n, s, n_out) for n, s, n_out in shapes)
+    return {"flops": flops, "tokens": rows * sum(n for n, _, _ in shapes), "passes": len(shapes)}
+
+
 def gpt_forward_flops(cfg: Any, length: int) -> int:
     """Teacher-forcing forward FLOPs per sample (L slots for next_token, 2(L+1) two-stream for EAR)."""
     n = length if cfg.mode == "next_token" else 2 * (length + 1)

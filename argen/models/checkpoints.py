@@ -60,12 +60,28 @@ def _kinds() -> dict[str, tuple[type, type[nn.Module]]]:
     return _KINDS
 
 
-def save_model(model: nn.Module, path: str | Path, dtype: torch.dtype | None = None) -> Path:
-    """Write `path` (.safetensors) and its `.json` config. The model needs `.config` and a registered kind."""
+def tokenizer_fingerprint(tokenizer: nn.Module) -> str:
+    """A short hash of a tokenizer's codebook (rounded to bf16, so fp32 and bf16 copies agree): generators
+    record the one they were trained with, and a different codebook of the same shape is caught."""
+    import hashlib
+
+    book = tokenizer.quantize.embedding.weight.detach().to(torch.bfloat16).cpu()
+    return hashlib.sha256(book.view(torch.int16).numpy().tobytes()).hexdigest()[:16]
+
+
+def save_model(
+    model: nn.Module, path: str | Path, dtype: torch.dtype | None = None, trained_with: dict | None = None
+) -> Path:
+    """Write `path` (.safetensors) and its `.json` config. The model needs `.config` and a registered kind.
+
+    trained_with: facts about the training run kept in the JSON (tokenizer fingerprint, objective options).
+    """
     path = Path(path).with_suffix(".safetensors")
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to(dtype or v.dtype).contiguous().cpu() for k, v in model.state_dict().items()}
     meta = {"kind": model.kind, "config": to_dict(model.config), "argen_version": argen.__version__}
+    if trained_with:
+        meta["trained_with"] = trained_with
     tmp = path.with_suffix(".safetensors.tmp")
     save_file(state, str(tmp), metadata={"argen": json.dumps(meta)})
     tmp.replace(path)
@@ -73,8 +89,40 @@ def save_model(model: nn.Module, path: str | Path, dtype: torch.dtype | None = N
     return path
 
 
-def read_meta(path: str | Path) -> dict[str, Any]:
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+
+def resolve_model_path(path: str | Path) -> Path:
+    """A model path as given, or the name of a shipped model (`ear_fmnist` -> argen/assets/ear_fmnist), so
+    shipped models load by name from any working directory."""
     path = Path(path)
+    given = path if path.suffix == ".safetensors" else path.with_suffix(".safetensors")
+    if path.exists() or given.exists() or len(path.parts) != 1:
+        return path
+    shipped = ASSETS / path.name
+    if shipped.exists() or shipped.with_suffix(".safetensors").exists():
+        return shipped
+    return path
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 (first 16 hex digits) of a model's weights file: identifies exactly what sampled."""
+    import hashlib
+
+    path = resolve_model_path(path)
+    if path.is_dir():
+        path = path / "model.safetensors"
+    elif path.suffix != ".safetensors":
+        path = path.with_suffix(".safetensors")
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    path = resolve_model_path(path)
     meta_path = path.with_suffix(".json")
     if not meta_path.is_file():
         raise CheckpointError(f"{meta_path} not found: argen model files are NAME.safetensors + NAME.json")
@@ -87,8 +135,8 @@ def read_meta(path: str | Path) -> dict[str, Any]:
 def load_model(
     path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
 ) -> nn.Module:
-    """Build and load an argen model file (any registered kind), in eval mode."""
-    path = Path(path)
+    """Build and load an argen model file (any registered kind, or a shipped model's name), in eval mode."""
+    path = resolve_model_path(path)
     if path.suffix != ".safetensors":
         path = path.with_suffix(".safetensors")
     if not path.is_file():

@@ -10,7 +10,6 @@ later, so a mask over the cache is plain block-causal over step ids.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,19 +20,22 @@ from argen.models.gpt import CLS_ID, GPT, MASK_ID
 from argen.nn.masks import group_mask
 from argen.nn.rope import CLS_ROW
 from argen.orders import GenerationOrder, Step, build_order, square_prefix, step_plan
-from argen.sampling.logits import SamplingConfig, cfg_combine, cfg_scale_at, make_generator, sample_tokens
+from argen.sampling.logits import SamplingConfig, cfg_combine, cfg_scale_at, sample_keys, sample_tokens
 
 
 @dataclass
 class SampleOutput:
     """tokens_BL: raster-ordered tokens. snapshots: (B, L) raster tokens after each pass (-1 = not yet
     generated), when asked. logits_BLV: guided logits per sequence position, when asked. passes: forward
-    passes run."""
+    passes run. passes_each / shapes_each: adaptive schedules only, per image the passes and each pass's
+    (slots fed, visible cache width, positions predicted), from which `eval.flops` counts what ran."""
 
     tokens_BL: torch.Tensor
     snapshots: list[torch.Tensor] = field(default_factory=list)
     logits_BLV: torch.Tensor | None = None
     passes: int = 0
+    passes_each: list[int] = field(default_factory=list)
+    shapes_each: list[list[tuple[int, int, int]]] = field(default_factory=list)
 
 
 class GenerationProcess:
@@ -132,6 +134,7 @@ class GenerationProcess:
         prefix_BP: torch.Tensor | None = None,
         snapshots: bool = False,
         return_logits: bool = False,
+        keys_B: torch.Tensor | None = None,
     ) -> SampleOutput:
         """Generate one image's tokens per label.
 
@@ -142,6 +145,7 @@ class GenerationProcess:
                 must end on a step boundary.
             snapshots: keep the raster token map after every pass (for a growth GIF).
             return_logits: keep the guided logits of every sampled position (tests, analysis).
+            keys_B: per-sample random streams (`sample_keys`); default: samples 0..B-1 of `sampling.seed`.
 
         Returns:
             SampleOutput with (B, L) raster tokens.
@@ -157,14 +161,17 @@ class GenerationProcess:
         steps = self.steps(model, prefix_len)
         key_groups = self._key_groups(model.config.mode)
         labels_in = self._labels_in(model, labels_B)
-        gen = make_generator(cfg.seed, device)
+        keys_B = sample_keys(cfg.seed, range(b), device) if keys_B is None else keys_B.to(device)
         out = SampleOutput(seq_BL)
         logits_all = torch.zeros(b, length, model.config.vocab_size, device=device) if return_logits else None
         with model.kv_cache(labels_in.shape[0], length + 1):
             for i, step in enumerate(steps):
                 logits = self._guided_logits(model, step, seq_BL, key_groups, labels_in, i, len(steps))
                 pred = list(step.predicted)
-                seq_BL[:, pred] = sample_tokens(logits, gen, cfg.temperature, cfg.top_k, cfg.top_p)
+                counters = torch.tensor(pred)  # the sequence position: schedules share their noise
+                seq_BL[:, pred] = sample_tokens(
+                    logits, keys_B, counters, cfg.temperature, cfg.top_k, cfg.top_p
+                )
                 if logits_all is not None:
                     logits_all[:, pred] = logits
                 if snapshots:
@@ -176,17 +183,19 @@ class GenerationProcess:
 
 @dataclass
 class AdaptiveConfig:
-    """Confidence-adaptive EAR passes (for models trained with randomised partitions).
+    """Confidence-adaptive EAR passes (for models trained with randomised partitions), decided per image.
 
     Each pass proposes a window of the next spiral positions, w = round(ratio * 2 * (sqrt(done) + 1))
-    clamped to [min_tokens, max_tokens] (about `ratio` rings), samples them all, and keeps the longest
-    prefix whose tokens all have probability >= threshold in every image of the batch (at least
-    min_tokens). threshold 0 keeps whole windows (fewest passes); higher thresholds spend more passes
-    where the model is unsure.
+    clamped to [min_tokens, max_tokens] (about `ratio` ring sides; ratio 1 proposes roughly what the fixed
+    "sides" schedule takes), samples them all, and keeps the longest prefix whose tokens have probability
+    >= threshold, but never less than `min_keep` of the window. The window is large, the floor bounds the
+    pass count, and confident regions (the background) go through in one pass. threshold 0 keeps whole
+    windows (fewest passes); threshold > 1 keeps only the floor.
     """
 
-    threshold: float = 0.3
-    ratio: float = 1.0
+    threshold: float = 0.5
+    ratio: float = 2.0
+    min_keep: float = 0.5
     min_tokens: int = 1
     max_tokens: int = 64
 
@@ -195,6 +204,10 @@ class AdaptiveConfig:
             raise ValueError(f"need 1 <= min_tokens <= max_tokens, got {self.min_tokens}, {self.max_tokens}")
         if self.ratio <= 0:
             raise ValueError(f"ratio must be > 0, got {self.ratio}")
+        if not 0 < self.min_keep <= 1:
+            raise ValueError(f"min_keep must be in (0, 1], got {self.min_keep}")
+        if not self.threshold >= 0:
+            raise ValueError(f"the adaptive threshold is a probability (>= 0), got {self.threshold}")
 
     def window(self, done: int, length: int) -> int:
         w = round(self.ratio * 2 * (math.sqrt(done) + 1))
@@ -208,43 +221,71 @@ def sample_adaptive(
     labels_B: torch.Tensor,
     adaptive: AdaptiveConfig,
     snapshots: bool = False,
+    keys_B: torch.Tensor | None = None,
 ) -> SampleOutput:
-    """EAR sampling whose group sizes are decided on the fly from the model's confidence.
+    """EAR sampling whose group sizes are decided on the fly from the model's confidence, per image.
 
-    Cache groups are assigned per pass: window of pass p = group p + 2 (class 0, never a prefix here);
-    masks rejected at a pass are hidden again (group = infinity) until re-proposed.
-
-    Returns:
-        SampleOutput with (B, L) raster tokens; `passes` = forward passes used.
+    Each image runs on its own (its schedule is its own, so the result does not depend on the batch); this
+    is a latency tool: for throughput use a fixed pass count. Snapshots (first image only) and `passes`
+    (the mean over images, rounded up) describe what ran.
     """
     if model.config.mode != "next_any":
         raise ValueError("adaptive schedules need a next_any (EAR) model")
+    device = model.output.weight.device
+    b = labels_B.shape[0]
+    keys_B = sample_keys(process.sampling.seed, range(b), device) if keys_B is None else keys_B.to(device)
+    outs = [
+        _adaptive_one(process, model, labels_B[i : i + 1], adaptive, snapshots and i == 0, keys_B[i : i + 1])
+        for i in range(b)
+    ]
+    out = SampleOutput(torch.cat([o.tokens_BL for o in outs]), outs[0].snapshots)
+    out.passes = -(-sum(o.passes for o in outs) // b)
+    out.passes_each = [o.passes for o in outs]
+    out.shapes_each = [o.shapes_each[0] for o in outs]
+    return out
+
+
+def _adaptive_one(
+    process: GenerationProcess,
+    model: GPT,
+    labels_1: torch.Tensor,
+    adaptive: AdaptiveConfig,
+    snapshots: bool,
+    keys_1: torch.Tensor,
+) -> SampleOutput:
+    """One image: cache groups are assigned per pass (window of pass p = group p + 2, class 0); masks
+    rejected at a pass are hidden again (group = infinity) until re-proposed with a fresh draw."""
     cfg, device, length = process.sampling, model.output.weight.device, process.order.length
-    labels_B = labels_B.to(device)
-    seq_BL = torch.full((labels_B.shape[0], length), -1, dtype=torch.long, device=device)
-    labels_in = process._labels_in(model, labels_B)
+    labels_1 = labels_1.to(device)
+    seq_1L = torch.full((1, length), -1, dtype=torch.long, device=device)
+    labels_in = process._labels_in(model, labels_1)
     hidden = length + 2
     key_groups = torch.full((length + 1,), hidden, dtype=torch.long)
     key_groups[0] = 0
-    gen = make_generator(cfg.seed, device)
-    out, prev, done, p = SampleOutput(seq_BL), 0, 0, 0
+    tries_L = torch.zeros(length, dtype=torch.long)  # draws per position so far: a redraw is a new counter
+    out, prev, done, p, shapes = SampleOutput(seq_1L), 0, 0, 0, []
     with model.kv_cache(labels_in.shape[0], length + 1):
         while done < length:
-            hi = done + adaptive.window(done, length)
+            w = adaptive.window(done, length)
+            hi = done + w
             key_groups[1 + done :] = hidden
             key_groups[1 + done : 1 + hi] = p + 2
             step = Step(range(prev, done), range(done, hi), cls=p == 0)
-            logits = process._guided_logits(model, step, seq_BL, key_groups, labels_in, 0, 1)
-            tok_BW = sample_tokens(logits, gen, cfg.temperature, cfg.top_k, cfg.top_p)
-            conf_BW = (logits.float() / cfg.temperature).softmax(-1).gather(-1, tok_BW[..., None])[..., 0]
-            sure_W = (conf_BW >= adaptive.threshold).all(0).long().cumprod(0)
-            keep = min(max(int(sure_W.sum()), adaptive.min_tokens), hi - done)
-            seq_BL[:, done : done + keep] = tok_BW[:, :keep]
+            logits = process._guided_logits(model, step, seq_1L, key_groups, labels_in, 0, 1)
+            pos_W = torch.arange(done, hi)
+            counters_W = pos_W + length * tries_L[done:hi]
+            tries_L[done:hi] += 1
+            tok_1W = sample_tokens(logits, keys_1, counters_W, cfg.temperature, cfg.top_k, cfg.top_p)
+            conf_W = (logits.float() / cfg.temperature).softmax(-1).gather(-1, tok_1W[..., None])[0, :, 0]
+            sure = int((conf_W >= adaptive.threshold).long().cumprod(0).sum())
+            keep = min(max(sure, math.ceil(adaptive.min_keep * w), adaptive.min_tokens), w)
+            seq_1L[:, done : done + keep] = tok_1W[:, :keep]
+            shapes.append((done - prev + int(p == 0) + w, 1 + hi, w))
             prev, done, p = done, done + keep, p + 1
             if snapshots:
-                out.snapshots.append(process.order.to_raster(seq_BL).clone())
-    out.tokens_BL = process.order.to_raster(seq_BL)
-    out.passes = p
+                out.snapshots.append(process.order.to_raster(seq_1L).clone())
+    out.tokens_BL = process.order.to_raster(seq_1L)
+    out.passes, out.shapes_each = p, [shapes]
     return out
 
 
@@ -255,7 +296,7 @@ class ARSampleConfig:
     order / schedule / grid: None = the model's own (config.order, config.schedule, config.grid). schedule:
         "sides" | "rings" | "tokens:K" | a number of passes (any-schedule EAR models) | a list of sizes.
     batch_size: images per forward batch (CFG doubles the rows).
-    sampling: CFG scale, temperature, top-k, top-p, seed (batch i uses seed + i).
+    sampling: CFG scale, temperature, top-k, top-p, seed (sample i draws from `sample_keys(seed, [i])`).
     adaptive: confidence-adaptive passes instead of a fixed schedule (EAR models trained with randomize).
     """
 
@@ -272,28 +313,40 @@ class ARSampleConfig:
 
 
 def generate(
-    model: GPT, labels_N: torch.Tensor, cfg: ARSampleConfig, snapshots: bool = False
+    model: GPT,
+    labels_N: torch.Tensor,
+    cfg: ARSampleConfig,
+    snapshots: bool = False,
+    indices_N: torch.Tensor | None = None,
 ) -> SampleOutput:
     """Sample tokens for every label, in batches of `cfg.batch_size`.
 
+    Sample n draws from `sample_keys(cfg.sampling.seed, indices_N[n])` (default indices 0..N-1), so the
+    result does not depend on the batch size.
+
     Returns:
-        SampleOutput with (N, L) raster tokens (and per-pass snapshots concatenated over batches).
+        SampleOutput with (N, L) raster tokens, snapshots of the first batch, and the passes run (the most
+        over batches; adaptive: the mean over images, rounded up).
     """
+    indices_N = torch.arange(len(labels_N)) if indices_N is None else indices_N
+    keys_N = sample_keys(cfg.sampling.seed, indices_N)
+    proc = GenerationProcess.for_model(model, cfg.sampling, cfg.order, cfg.schedule, cfg.grid)
     outs = []
-    for i, labels_B in enumerate(labels_N.split(cfg.batch_size)):
-        sampling = dataclasses.replace(cfg.sampling, seed=cfg.sampling.seed + i)
-        proc = GenerationProcess.for_model(model, sampling, cfg.order, cfg.schedule, cfg.grid)
+    batches = zip(labels_N.split(cfg.batch_size), keys_N.split(cfg.batch_size), strict=True)
+    for i, (labels_B, keys_B) in enumerate(batches):
+        shots = snapshots and i == 0
         if cfg.adaptive is None:
-            outs.append(proc.sample(model, labels_B, snapshots=snapshots))
+            outs.append(proc.sample(model, labels_B, snapshots=shots, keys_B=keys_B))
         else:
-            outs.append(sample_adaptive(proc, model, labels_B, cfg.adaptive, snapshots=snapshots))
-    # adaptive batches may differ in pass count: snapshots are kept per batch then
-    same = len({len(o.snapshots) for o in outs}) == 1
-    shots = (
-        [torch.cat(s) for s in zip(*(o.snapshots for o in outs), strict=True)] if snapshots and same else []
-    )
-    passes = max(o.passes for o in outs)
-    return SampleOutput(torch.cat([o.tokens_BL for o in outs]), shots, passes=passes)
+            outs.append(sample_adaptive(proc, model, labels_B, cfg.adaptive, snapshots=shots, keys_B=keys_B))
+    out = SampleOutput(torch.cat([o.tokens_BL for o in outs]), outs[0].snapshots)
+    if cfg.adaptive is None:
+        out.passes = max(o.passes for o in outs)
+    else:
+        each = [p for o in outs for p in o.passes_each]
+        out.passes, out.passes_each = -(-sum(each) // len(each)), each
+        out.shapes_each = [s for o in outs for s in o.shapes_each]
+    return out
 
 
 def centre_prefix(order: GenerationOrder, centre_BKK: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,13 @@
-"""Pure sampling math: classifier-free guidance, temperature, top-k, top-p, explicit generator.
+"""Pure sampling math: classifier-free guidance, temperature, top-k, top-p, counter-based random draws.
 
 Shape legend: B batch, L positions sampled at once, V vocabulary.
 CFG is combined here and nowhere else.
+
+Randomness is counter-based: the uniform behind token `counter` of sample `i` is a hash of
+(seed, i, counter) (splitmix64), so sample i depends only on the seed, its index and the settings, never on
+the batch it shares, the number of ranks or the device; drawing needs no host sync (inverse CDF on device).
+GPT samplers use the sequence position as counter (different schedules share their noise), VAR the token's
+index in the multi-scale sequence.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ class SamplingConfig:
     temperature: logits are divided by it (> 0).
     top_k: keep the k largest logits (0 = all); top_k=1 is greedy.
     top_p: nucleus mass kept (1.0 = all).
-    seed: seed of the explicit torch.Generator.
+    seed: run seed; sample i of a run draws from the stream `sample_keys(seed, [i])`.
     """
 
     cfg_scale: float = 1.0
@@ -77,23 +83,59 @@ def filter_logits(logits_BLV: torch.Tensor, top_k: int = 0, top_p: float = 1.0) 
     return logits_BLV
 
 
+_GOLDEN = 0x9E3779B97F4A7C15
+_MASK64 = (1 << 64) - 1
+
+
+def _signed(x: int) -> int:
+    """A uint64 as the int64 with the same bits (torch has no uint64 arithmetic)."""
+    x &= _MASK64
+    return x - (1 << 64) if x >= 1 << 63 else x
+
+
+def _shr(x: torch.Tensor, s: int) -> torch.Tensor:
+    """Logical right shift of int64 bit patterns."""
+    return (x >> s) & ((1 << (64 - s)) - 1)
+
+
+def _mix(x: torch.Tensor) -> torch.Tensor:
+    """splitmix64 finaliser on int64 tensors (wrapping multiplication)."""
+    x = (x ^ _shr(x, 30)) * _signed(0xBF58476D1CE4E5B9)
+    x = (x ^ _shr(x, 27)) * _signed(0x94D049BB133111EB)
+    return x ^ _shr(x, 31)
+
+
+def sample_keys(
+    seed: int, indices: torch.Tensor | list[int], device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """(B,) int64 stream keys of samples `indices` of a run with `seed` (a 64-bit hash of both)."""
+    idx = torch.as_tensor(indices, dtype=torch.int64).flatten()
+    run = _mix(torch.tensor([_signed((seed + 1) * _GOLDEN)], dtype=torch.int64))
+    return _mix(run + (idx + 1) * _signed(_GOLDEN)).to(device)
+
+
+def uniforms(keys_B: torch.Tensor, counters_L: torch.Tensor) -> torch.Tensor:
+    """(B, L) float32 uniforms in [0, 1): element (b, l) is a pure function of (keys_B[b], counters_L[l])."""
+    x = _mix(keys_B[:, None] + (counters_L.to(keys_B.device)[None] + 1) * _signed(_GOLDEN))
+    return _shr(x, 40).float().mul_(2.0**-24)
+
+
 def sample_tokens(
     logits_BLV: torch.Tensor,
-    generator: torch.Generator | None,
+    keys_B: torch.Tensor,
+    counters_L: torch.Tensor,
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,
 ) -> torch.Tensor:
-    """Draw one token per position, independently. Returns (B, L) int64; top_k=1 is exact argmax."""
+    """Draw one token per position by inverse CDF with the counter-based uniforms of `uniforms`.
+
+    Returns (B, L) int64; top_k=1 is exact argmax. No host synchronisation.
+    """
     if top_k == 1:
         return logits_BLV.argmax(dim=-1)
     logits = filter_logits(logits_BLV.float() / temperature, top_k, top_p)
-    probs = logits.softmax(dim=-1)
-    flat = probs.reshape(-1, probs.shape[-1])
-    return torch.multinomial(flat, 1, generator=generator).reshape(probs.shape[:-1])
-
-
-def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
-    g = torch.Generator(device=device)
-    g.manual_seed(seed)
-    return g
+    cum_BLV = logits.softmax(dim=-1).cumsum_(dim=-1)
+    target_BL1 = uniforms(keys_B, counters_L).unsqueeze(-1) * cum_BLV[..., -1:]
+    idx_BL = torch.searchsorted(cum_BLV, target_BL1, right=True).squeeze(-1)
+    return idx_BL.clamp_(max=logits.shape[-1] - 1)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from argen.models.var import VAR
-from argen.sampling.logits import SamplingConfig, cfg_combine, cfg_scale_at, make_generator, sample_tokens
+from argen.sampling.logits import SamplingConfig, cfg_combine, cfg_scale_at, sample_keys, sample_tokens
 
 
 def _var_sampling_defaults() -> SamplingConfig:
@@ -104,16 +104,23 @@ class _Decoder:
 
 
 def _sample_scale(
-    logits_BlV: torch.Tensor, batch: int, scale: float, cfg: SamplingConfig, generator: torch.Generator
+    logits_BlV: torch.Tensor, scale: float, cfg: SamplingConfig, keys_B: torch.Tensor, bounds: tuple[int, int]
 ) -> torch.Tensor:
+    """Guided tokens of one scale; the counters are the tokens' indices in the multi-scale sequence."""
+    batch = keys_B.shape[0]
     if logits_BlV.shape[0] != batch:
         logits_BlV = cfg_combine(logits_BlV[:batch], logits_BlV[batch:], scale)
-    return sample_tokens(logits_BlV, generator, cfg.temperature, cfg.top_k, cfg.top_p)
+    counters_l = torch.arange(*bounds, device=keys_B.device)
+    return sample_tokens(logits_BlV, keys_B, counters_l, cfg.temperature, cfg.top_k, cfg.top_p)
 
 
 @torch.no_grad()
 def sample_next_scale(
-    var: VAR, vqvae: Any, labels_B: torch.Tensor, config: NextScaleConfig | None = None
+    var: VAR,
+    vqvae: Any,
+    labels_B: torch.Tensor,
+    config: NextScaleConfig | None = None,
+    keys_B: torch.Tensor | None = None,
 ) -> NextScaleOutput:
     """Fast VAR sampling: one forward per scale against a preallocated KV cache.
 
@@ -125,6 +132,7 @@ def sample_next_scale(
         var: VAR model (eval mode). vqvae: matching `MultiScaleVQVAE`.
         labels_B: (B,) int64 class ids.
         config: sampler options (default: official VAR sampling settings).
+        keys_B: per-sample random streams (`sample_keys`); default: samples 0..B-1 of the config's seed.
 
     Returns:
         NextScaleOutput with images (B, C, H, W) in [0, 1].
@@ -134,7 +142,8 @@ def sample_next_scale(
     _check(var, vqvae)
     scales, labels_G = _guidance(var, labels_B, cfg)
     param = var.pos_1LC
-    generator = make_generator(cfg.seed, param.device)
+    keys_B = sample_keys(cfg.seed, range(batch), param.device) if keys_B is None else keys_B.to(param.device)
+    bounds = var.config.scale_bounds
     step: Callable[..., torch.Tensor] = var.step
     if config.compile:
         mode = config.compile_mode if config.compile_backend == "inductor" else None
@@ -147,7 +156,7 @@ def sample_next_scale(
         lvl_pos_1LC = var.lvl_pos()
         x_GlC = var.first_scale_input(cond_GD, lvl_pos_1LC)
         for si in range(len(var.config.patch_nums)):
-            idx_Bl = _sample_scale(step(si, x_GlC, cond_GD, mods), batch, scales[si], cfg, generator)
+            idx_Bl = _sample_scale(step(si, x_GlC, cond_GD, mods), scales[si], cfg, keys_B, bounds[si])
             tokens.append(idx_Bl)
             next_BlCv = decoder.add(si, idx_Bl)
             if config.progression:
@@ -160,7 +169,11 @@ def sample_next_scale(
 
 @torch.no_grad()
 def sample_next_scale_reference(
-    var: VAR, vqvae: Any, labels_B: torch.Tensor, config: NextScaleConfig | None = None
+    var: VAR,
+    vqvae: Any,
+    labels_B: torch.Tensor,
+    config: NextScaleConfig | None = None,
+    keys_B: torch.Tensor | None = None,
 ) -> NextScaleOutput:
     """Plain VAR sampling without a cache: every scale re-runs the teacher-forcing forward on the prefix.
 
@@ -172,7 +185,7 @@ def sample_next_scale_reference(
     _check(var, vqvae)
     scales, labels_G = _guidance(var, labels_B, cfg)
     param = var.pos_1LC
-    generator = make_generator(cfg.seed, param.device)
+    keys_B = sample_keys(cfg.seed, range(batch), param.device) if keys_B is None else keys_B.to(param.device)
     decoder = _Decoder(vqvae, batch, param.device, param.dtype)
     labels_G = labels_G.to(param.device)
     inputs_BLCv = torch.zeros(batch, 0, var.config.vae_channels, device=param.device, dtype=param.dtype)
@@ -180,7 +193,7 @@ def sample_next_scale_reference(
     for si, (begin, end) in enumerate(var.config.scale_bounds):
         reps = labels_G.shape[0] // batch
         logits_GLV = var(labels_G, inputs_BLCv.repeat(reps, 1, 1))
-        idx_Bl = _sample_scale(logits_GLV[:, begin:end], batch, scales[si], cfg, generator)
+        idx_Bl = _sample_scale(logits_GLV[:, begin:end], scales[si], cfg, keys_B, (begin, end))
         tokens.append(idx_Bl)
         next_BlCv = decoder.add(si, idx_Bl)
         if config.progression:

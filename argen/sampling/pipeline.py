@@ -9,14 +9,23 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from argen.models.checkpoints import CheckpointError, load_model
-from argen.sampling.logits import SamplingConfig
+from argen.distributed import resolve_device
+from argen.models.checkpoints import (
+    CheckpointError,
+    file_digest,
+    load_model,
+    read_meta,
+    resolve_model_path,
+    tokenizer_fingerprint,
+)
+from argen.sampling.logits import SamplingConfig, sample_keys
 
 
 @dataclass
@@ -62,30 +71,39 @@ VAR_SAMPLING = SamplingConfig(cfg_scale=1.5, cfg_schedule="linear", top_k=900, t
 @dataclass
 class Samples:
     """images: (N, C, H, W) in [0, 1]. frames: per-pass (GPT growth) or per-scale (VAR) images of the first
-    `FRAME_IMAGES` samples, when asked. seconds: wall-clock of sampling + decoding. passes: forward passes
-    per batch (the most over batches; adaptive EAR schedules vary)."""
+    `FRAME_IMAGES` samples, when asked. seconds: wall-clock of sampling + decoding. passes: the most forward
+    passes any image took; passes_each: per image (adaptive EAR schedules vary)."""
 
     images: torch.Tensor
     labels: torch.Tensor
     frames: list[torch.Tensor]
     seconds: float
     passes: int
+    passes_each: list[int] = field(default_factory=list)
+    shapes_each: list[list[tuple[int, int, int]]] = field(default_factory=list)
 
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    @property
+    def mean_passes(self) -> float:
+        return sum(self.passes_each) / max(len(self.passes_each), 1)
 
 
 class Pipeline:
     """A loaded generator and tokenizer. Build with `Pipeline.load(GenerateConfig)`."""
 
-    def __init__(self, model: nn.Module, tokenizer: nn.Module | None, cfg: GenerateConfig) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: nn.Module | None,
+        cfg: GenerateConfig,
+        trained_with: dict[str, Any] | None = None,
+    ) -> None:
+        """trained_with: the model file's record of its training (tokenizer fingerprint, objective)."""
         self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
+        self.trained_with = trained_with or {}
         self.family = "gpt" if model.kind == "gpt" else "var"
         defaults = GPT_SAMPLING if self.family == "gpt" else VAR_SAMPLING
         self.sampling = dataclasses.replace(defaults, **cfg.sampling)
+        self._check_settings()
         if tokenizer is not None:
             self._check_tokenizer(tokenizer)
 
@@ -93,10 +111,69 @@ class Pipeline:
     def load(cls, cfg: GenerateConfig) -> Pipeline:
         device = resolve_device(cfg.device)
         model = load_model(cfg.model, device)
-        tokenizer = load_model(cfg.tokenizer, device) if cfg.tokenizer else None
         if model.kind not in ("gpt", "var", "actvar"):
             raise CheckpointError(f"{cfg.model} is a {model.kind} model, not a generator (gpt|var|actvar)")
-        return cls(model, tokenizer, cfg)
+        tokenizer = load_model(cfg.tokenizer, device) if cfg.tokenizer else None
+        return cls(model, tokenizer, cfg, read_meta(resolve_model_path(cfg.model)).get("trained_with"))
+
+    def _check_settings(self) -> None:
+        """Refuse settings the model was not trained for (they would give garbage without a word)."""
+        cfg, name = self.cfg, self.cfg.model
+        if self.family == "var":
+            for flag, value in (
+                ("--order", cfg.order),
+                ("--schedule", cfg.schedule),
+                ("--adaptive", cfg.adaptive),
+            ):
+                if value is not None:
+                    raise ValueError(
+                        f"{flag} applies to raster/EAR models; {name} is a {self.model.kind} model "
+                        "whose steps are its scales"
+                    )
+            return
+        mc = self.model.config
+        if cfg.sampler != "fast":
+            raise ValueError(f"--sampler {cfg.sampler} applies to VAR/ActVAR models; {name} is a GPT model")
+        if cfg.order is not None and cfg.order != mc.order:
+            raise ValueError(
+                f"{name} was trained to generate in {mc.order!r} order; sampling it in {cfg.order!r} order "
+                "gives garbage. Leave --order out (or train a model for that order)."
+            )
+        if mc.mode == "next_token" and (cfg.schedule is not None or cfg.adaptive is not None):
+            raise ValueError(
+                f"{name} is a raster (next-token) model: it makes one token per pass, so --schedule and "
+                "--adaptive do not apply (they are for EAR models)"
+            )
+        randomized = bool(self.trained_with.get("objective", {}).get("randomize"))
+        if cfg.adaptive is not None and not randomized and self.trained_with:
+            warnings.warn(
+                f"{name} was trained on the fixed {mc.schedule!r} schedule; adaptive passes need a model "
+                "trained with objective.randomize=true (e.g. ear_any_fmnist), expect worse samples",
+                stacklevel=2,
+            )
+        if cfg.schedule is not None and cfg.schedule != mc.schedule and not randomized and self.trained_with:
+            warnings.warn(
+                f"{name} was trained on the {mc.schedule!r} schedule only; schedule {cfg.schedule!r} is an "
+                "experiment (any-schedule models are trained with objective.randomize=true)",
+                stacklevel=2,
+            )
+
+    def run_record(self) -> dict[str, Any]:
+        """The settings that determine the samples (what a sample folder records): model and tokenizer
+        fingerprints, sampling settings, schedule, order, adaptive threshold, sampler and dtype."""
+        record = {
+            "model": file_digest(self.cfg.model),
+            "tokenizer": file_digest(self.cfg.tokenizer) if self.cfg.tokenizer else None,
+            "sampling": dataclasses.asdict(self.sampling),
+            "schedule": self.cfg.schedule,
+            "order": self.cfg.order,
+            "adaptive": self.cfg.adaptive,
+            "sampler": self.cfg.sampler,
+        }
+        dtype = getattr(self.cfg, "dtype", None)
+        if dtype is not None:
+            record["dtype"] = str(dtype)
+        return record
 
     @property
     def num_classes(self) -> int:
@@ -119,6 +196,13 @@ class Pipeline:
                 f"generator vocabulary {gen_vocab} != tokenizer codebook {tok_vocab}: "
                 "use the tokenizer the generator was trained on"
             )
+        recorded = self.trained_with.get("tokenizer") or {}
+        if recorded.get("fingerprint") and recorded["fingerprint"] != tokenizer_fingerprint(tokenizer):
+            raise CheckpointError(
+                f"{self.cfg.tokenizer} is not the tokenizer {self.cfg.model} was trained with "
+                f"({recorded.get('file')}, codebook {recorded['fingerprint']}): its codes mean other "
+                "images. Use that tokenizer."
+            )
 
     def check_labels(self, labels_N: torch.Tensor) -> torch.Tensor:
         labels_N = torch.as_tensor(labels_N, dtype=torch.long).flatten()
@@ -130,11 +214,26 @@ class Pipeline:
             )
         return labels_N
 
-    def cost(self) -> dict[str, Any]:
-        """Analytic per-image cost of one sample: forward passes, tokens processed, FLOPs (CFG included)."""
+    def cost(self, samples: Samples | None = None) -> dict[str, Any]:
+        """Analytic per-image cost of one sample: forward passes, tokens processed, FLOPs (CFG included).
+
+        With adaptive EAR the schedule is chosen while sampling: give the `samples` that ran to get the mean
+        of what each image really cost (passes, tokens and FLOPs of every pass, rejected proposals included).
+        """
         from argen.eval import flops
 
         guided = self.sampling.guided
+        if self.cfg.adaptive is not None:
+            if samples is None or not samples.shapes_each:
+                raise ValueError("an adaptive schedule's cost is known after sampling: pass the samples")
+            each = [flops.gpt_passes_flops(self.model.config, s, guided) for s in samples.shapes_each]
+            mean = {k: sum(e[k] for e in each) / len(each) for k in ("passes", "tokens", "flops")}
+            return {
+                "steps": round(mean["passes"], 2),
+                "steps_max": max(e["passes"] for e in each),
+                "tokens": round(mean["tokens"], 1),
+                "gflops": mean["flops"] / 1e9,
+            }
         if self.family == "gpt":
             from argen.sampling.ar import GenerationProcess
 
@@ -150,51 +249,71 @@ class Pipeline:
         return {"steps": len(vc.patch_nums), "tokens": rows * vc.scale_bounds[-1][1], "gflops": total / 1e9}
 
     @torch.no_grad()
-    def sample(self, labels_N: torch.Tensor, frames: bool = False, seed: int | None = None) -> Samples:
-        """Sample one image per label, in batches; frames of the first batch when asked."""
+    def sample(
+        self,
+        labels_N: torch.Tensor,
+        frames: bool = False,
+        seed: int | None = None,
+        indices_N: torch.Tensor | None = None,
+    ) -> Samples:
+        """Sample one image per label, in batches; frames of the first batch when asked.
+
+        Image n is a function of (seed, indices_N[n], settings) only (default indices 0..N-1): the batch
+        size, the number of ranks and the other labels of the batch do not change it.
+        """
         if self.tokenizer is None:
             raise ValueError("sampling images needs the generator's tokenizer (--tokenizer)")
         labels_N = self.check_labels(labels_N)
         sampling = self.sampling if seed is None else dataclasses.replace(self.sampling, seed=seed)
+        indices_N = torch.arange(len(labels_N)) if indices_N is None else torch.as_tensor(indices_N)
+        if indices_N.shape != labels_N.shape:
+            raise ValueError(f"got {len(indices_N)} sample indices for {len(labels_N)} labels")
         device = next(self.model.parameters()).device
+        keys_N = sample_keys(sampling.seed, indices_N, device)
         t0 = time.perf_counter()
-        images, shots, passes = [], [], 0
-        for i, labels_B in enumerate(labels_N.to(device).split(self.cfg.batch_size)):
-            batch_sampling = dataclasses.replace(sampling, seed=sampling.seed + i)
-            img_B, frames_B, passes_B = self._sample_batch(labels_B, batch_sampling, frames and i == 0)
+        images, shots, passes, shapes = [], [], [], []
+        size = self.cfg.batch_size
+        batches = zip(labels_N.to(device).split(size), keys_N.split(size), strict=True)
+        for i, (labels_B, keys_B) in enumerate(batches):
+            img_B, frames_B, passes_B, shapes_B = self._sample_batch(
+                labels_B, keys_B, sampling, frames and i == 0
+            )
             images.append(img_B.float().cpu())
             shots = shots or [f.float().cpu() for f in frames_B]
-            passes = max(passes, passes_B)
+            passes += passes_B
+            shapes += shapes_B
         if device.type == "cuda":
             torch.cuda.synchronize()
-        return Samples(torch.cat(images), labels_N.cpu(), shots, time.perf_counter() - t0, passes)
+        seconds = time.perf_counter() - t0
+        return Samples(torch.cat(images), labels_N.cpu(), shots, seconds, max(passes), passes, shapes)
 
     def _sample_batch(
-        self, labels_B: torch.Tensor, sampling: SamplingConfig, frames: bool
-    ) -> tuple[torch.Tensor, list[torch.Tensor], int]:
+        self, labels_B: torch.Tensor, keys_B: torch.Tensor, sampling: SamplingConfig, frames: bool
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[int], list]:
+        """Images, frames (when asked), the passes run per image and (adaptive) each image's pass shapes."""
         if self.family == "gpt":
-            from argen.sampling.ar import AdaptiveConfig, ARSampleConfig, generate, growth_frames
+            from argen.sampling.ar import AdaptiveConfig, GenerationProcess, growth_frames, sample_adaptive
 
-            adaptive = AdaptiveConfig(threshold=self.cfg.adaptive) if self.cfg.adaptive is not None else None
-            cfg = ARSampleConfig(
-                order=self.cfg.order,
-                schedule=self.cfg.schedule,
-                batch_size=len(labels_B),
-                sampling=sampling,
-                adaptive=adaptive,
-            )
-            out = generate(self.model, labels_B, cfg, snapshots=frames)
+            proc = GenerationProcess.for_model(self.model, sampling, self.cfg.order, self.cfg.schedule)
+            if self.cfg.adaptive is None:
+                out = proc.sample(self.model, labels_B, snapshots=frames, keys_B=keys_B)
+                passes, shapes = [out.passes] * len(labels_B), []
+            else:
+                adaptive = AdaptiveConfig(threshold=self.cfg.adaptive)
+                out = sample_adaptive(proc, self.model, labels_B, adaptive, snapshots=frames, keys_B=keys_B)
+                passes, shapes = out.passes_each, out.shapes_each
             grid = self.model.config.grid
             img = self.decode_tokens(out.tokens_BL.view(-1, grid, grid))
             snapshots = [s[:FRAME_IMAGES] for s in out.snapshots]
             shots = growth_frames(snapshots, self.decode_tokens, grid) if frames else []
-            return img, shots, out.passes
+            return img, shots, passes, shapes
         from argen.sampling.next_scale import NextScaleConfig, sample_next_scale, sample_next_scale_reference
 
         net = self.model.sampling_view() if self.model.kind == "actvar" else self.model
         run = sample_next_scale if self.cfg.sampler == "fast" else sample_next_scale_reference
-        out = run(net, self.tokenizer, labels_B, NextScaleConfig(sampling, progression=frames))
-        return out.images, [p[:FRAME_IMAGES] for p in out.progression or []], len(out.tokens)
+        out = run(net, self.tokenizer, labels_B, NextScaleConfig(sampling, progression=frames), keys_B)
+        progression = [p[:FRAME_IMAGES] for p in out.progression or []]
+        return out.images, progression, [len(out.tokens)] * len(labels_B), []
 
     def decode_tokens(self, idx_Bhw: torch.Tensor) -> torch.Tensor:
         """Single-scale codes -> images in [0, 1] (GPT family)."""

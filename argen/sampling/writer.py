@@ -1,13 +1,15 @@
 """Distributed sample writing by global index (resumable), gap/duplicate checks, and ADM `.npz` packing.
 
-Sample i always gets label `labels[i]` and seed `seed_base(seed) + i`, whichever rank or batch makes it, so a
-folder filled by 8 GPUs equals one filled by 1 (given a `sample_fn` that honours the per-sample seeds).
-Files: `{i:06d}.png` (label in a PNG text chunk), or `.npz` shards `shard_{first:06d}_{last:06d}.npz`
-holding indices, images and labels.
+Sample i always gets label `labels[i]` and is made by `sample_fn(labels, indices)` with its global index i,
+whichever rank or batch makes it, so a folder filled by 8 GPUs equals one filled by 1 (argen's samplers draw
+sample i from a random stream keyed by (seed, i)). Files: `{i:06d}.png` (label in a PNG text chunk), or
+`.npz` shards `shard_{first:06d}_{last:06d}.npz` holding indices, images and labels, and `run.json`: the
+settings of the run that wrote them, so a folder is never silently filled by two different runs.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections import Counter
@@ -20,7 +22,7 @@ import torch
 
 from argen.sampling.images import to_uint8
 
-# labels (B,) int64, seeds (B,) int64 -> images (B, C, H, W) float in [0, 1]
+# labels (B,) int64, global sample indices (B,) int64 -> images (B, C, H, W) float in [0, 1]
 SampleFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 _PNG = re.compile(r"(\d{6,})\.png")
 _SHARD = re.compile(r"shard_(\d{6,})_(\d{6,})\.npz")
@@ -125,6 +127,34 @@ def _write_batch(
         _atomic(folder / f"{i:06d}.png", lambda p, im=im, info=info: im.save(p, format="PNG", pnginfo=info))
 
 
+RUN_FILE = "run.json"
+
+
+def claim_folder(folder: str | Path, run: dict, overwrite: bool = False) -> None:
+    """Record `run` (the settings that determine the samples) in `folder`, or refuse a folder that holds
+    another run's samples. `overwrite` deletes that run's samples (and only those files) first."""
+    folder = Path(folder)
+    path = folder / RUN_FILE
+    theirs = json.loads(path.read_text()) if path.is_file() else None
+    present = bool(indices_on_disk(folder))
+    if present and theirs != run and not overwrite:
+        if theirs is None:
+            why = "holds samples without a run.json (written by an unknown run)"
+        else:
+            keys = sorted(k for k in set(run) | set(theirs) if run.get(k) != theirs.get(k))
+            why = "holds samples of another run (differs in " + ", ".join(
+                f"{k}: {theirs.get(k)!r} there vs {run.get(k)!r} now" for k in keys
+            )
+            why += ")"
+        raise ValueError(f"{folder} {why}; use another --out, or --overwrite to delete them and start clean")
+    if overwrite and theirs != run:
+        for p in folder.iterdir():
+            if _PNG.fullmatch(p.name) or _SHARD.fullmatch(p.name):
+                p.unlink()
+    folder.mkdir(parents=True, exist_ok=True)
+    _atomic(path, lambda p: p.write_text(json.dumps(run, indent=2, sort_keys=True) + "\n"))
+
+
 def write_samples(
     sample_fn: SampleFn,
     folder: str | Path,
@@ -132,7 +162,6 @@ def write_samples(
     labels: Sequence[int] | torch.Tensor | int | None = None,
     batch_size: int = 64,
     fmt: str = "png",
-    seed: int = 0,
     rank: int | None = None,
     world_size: int | None = None,
     progress: bool = True,
@@ -140,7 +169,8 @@ def write_samples(
     """Generate samples 0..num_samples-1 into `folder`, this rank taking every world_size-th missing index.
 
     Args:
-        sample_fn: (labels (B,), seeds (B,)) -> images (B, C, H, W) in [0, 1].
+        sample_fn: (labels (B,), global indices (B,)) -> images (B, C, H, W) in [0, 1]; image i must depend
+            only on its label and index (and the run's settings) for resumed and multi-rank folders to agree.
         labels: one per sample, or the number of classes (balanced: label i % K), or None.
         fmt: "png" (one file per sample) or "npz" (one shard per batch).
         rank, world_size: default to the torch.distributed process group (or 0 / 1).
@@ -168,7 +198,7 @@ def write_samples(
     for start in tqdm(range(0, len(mine), batch_size), disable=not progress or rank != 0, desc="sampling"):
         idx_B = mine[start : start + batch_size]
         with torch.no_grad():
-            img_BCHW = sample_fn(all_labels[idx_B], idx_B + seed_base(seed))
+            img_BCHW = sample_fn(all_labels[idx_B], idx_B)
         if img_BCHW.shape[0] != len(idx_B):
             raise ValueError(f"sample_fn returned {img_BCHW.shape[0]} images for {len(idx_B)} labels")
         _write_batch(folder, idx_B, to_uint8(img_BCHW), all_labels[idx_B], fmt)
@@ -177,11 +207,6 @@ def write_samples(
     report = check_samples(folder, num_samples)
     report.written = written
     return report
-
-
-def seed_base(seed: int) -> int:
-    """Offset of the per-sample seeds: runs with different `seed` never share a sample seed (below 2**32)."""
-    return seed << 32
 
 
 def pack_npz(

@@ -302,7 +302,7 @@ def _save(run: _Run) -> None:
     barrier()
 
 
-def _export(run: _Run) -> Path:
+def _export(run: _Run, trained_with: dict) -> Path:
     """Write out_dir/model.safetensors (+ .json): the EMA weights when EMA is on, else the live weights."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
@@ -314,9 +314,19 @@ def _export(run: _Run) -> Path:
         fresh = run.task.build_model(run.cfg.model)
         load_strict(fresh, state, source="trained weights")
         # training wrappers (a tokenizer with its GAN discriminator) export only the model itself
-        save_model(getattr(fresh, "export_model", lambda: fresh)(), path)
+        save_model(getattr(fresh, "export_model", lambda: fresh)(), path, trained_with=trained_with)
     barrier()
     return path
+
+
+def _provenance(cfg: TrainConfig, dataset: Any) -> dict:
+    """What the exported model JSON records of its training: the tokenizer that wrote the token file (so a
+    generator sampled with another codebook is refused) and the objective options (plain values only)."""
+    meta = getattr(dataset, "metadata", {}) or {}
+    out = {"objective": {k: v for k, v in cfg.objective.items() if isinstance(v, str | int | float | bool)}}
+    if "tokenizer_fingerprint" in meta:
+        out["tokenizer"] = {"fingerprint": meta["tokenizer_fingerprint"], "file": meta.get("tokenizer")}
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- entry
@@ -377,7 +387,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> Path:
             if cfg.ckpt_every and run.step % cfg.ckpt_every == 0 and run.step < cfg.steps:
                 _save(run)
         _save(run)
-        return _export(run)
+        return _export(run, _provenance(cfg, dataset))
     finally:
         bar.close()
         logger.close()

@@ -162,7 +162,19 @@ def _var_dataset(cfg):
             "the var task trains on pre-extracted multi-scale tokens: set data.source=tokens and data.root "
             "to the .npz written by `argen tokenize` with the msvq tokenizer (all scales concatenated)"
         )
-    return build_dataset(cfg.data)
+    dataset = build_dataset(cfg.data)
+    spec = cfg.objective.get("vqvae")
+    recorded = getattr(dataset, "metadata", {}).get("tokenizer_fingerprint")
+    if isinstance(spec, str) and recorded:
+        from argen.models.checkpoints import tokenizer_fingerprint
+
+        if tokenizer_fingerprint(_var_vqvae(spec, "cpu")) != recorded:
+            raise ValueError(
+                f"objective.vqvae={spec} is not the tokenizer that wrote {cfg.data.root} "
+                f"({dataset.metadata.get('tokenizer')}): the VAR would learn one codebook's tokens with "
+                "another's embeddings. Use that tokenizer, or re-tokenize with this one."
+            )
+    return dataset
 
 
 _VAR_VQVAES: dict = {}
