@@ -52,26 +52,67 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+_TYPE_WORDS = {int: "a whole number", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _type_error(where: str, expected: str, value: Any) -> ValueError:
+    hint = " (write numbers and true/false without quotes)" if isinstance(value, str) else ""
+    return ValueError(f"config field {where or '?'} expects {expected}, got {value!r}{hint}")
+
+
 def _coerce(tp: Any, value: Any, where: str) -> Any:
+    """Check `value` against the field type `tp` (and convert lists to tuples, whole floats to ints)."""
     origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise _type_error(where, "an object of fields ({...})", value)
         return from_dict(tp, value, where)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             return None
-        return _coerce(args[0], value, where) if len(args) == 1 else value
-    if origin is tuple and isinstance(value, list | tuple):
-        return tuple(value)
-    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        if len(args) == 1:
+            return _coerce(args[0], value, where)
+        for arg in args:  # the first member the value fits
+            try:
+                return _coerce(arg, value, where)
+            except ValueError:
+                continue
+        raise _type_error(where, " or ".join(_TYPE_WORDS.get(a, str(a)) for a in args), value)
+    if origin in (tuple, list):
+        if not isinstance(value, list | tuple):
+            raise _type_error(where, "a list", value)
+        return tuple(value) if origin is tuple else list(value)
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise _type_error(where, "an object ({...})", value)
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise _type_error(where, _TYPE_WORDS[bool], value)
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _type_error(where, _TYPE_WORDS[float], value)
         return float(value)
-    if tp is int and isinstance(value, float) and value.is_integer():
-        return int(value)
+    if tp is int:
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _type_error(where, _TYPE_WORDS[int], value)
+        return value
+    if tp is str and not isinstance(value, str):
+        raise _type_error(where, _TYPE_WORDS[str], value)
     return value
 
 
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
-    """Build dataclass `cls` from a dict, rejecting unknown keys with the list of valid ones."""
+    """Build dataclass `cls` from a dict, rejecting unknown keys (with the list of valid ones) and values of
+    the wrong type (a field `int` takes 5 or 5.0, not "5", 5.5 or true)."""
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"{cls.__name__}{' at ' + where if where else ''} must be a JSON object, got {data!r}"
+        )
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = set(data) - fields
@@ -97,9 +138,14 @@ def load_config(
         if not p.is_file():
             raise ValueError(f"config file {p} not found")
         try:
-            data = merge(data, json.loads(p.read_text()))
+            loaded = json.loads(p.read_text())
         except json.JSONDecodeError as e:
             raise ValueError(f"config file {p} is not valid JSON: {e}") from e
+        if not isinstance(loaded, dict):
+            raise ValueError(
+                f"config file {p} must hold a JSON object of fields, got a {type(loaded).__name__}"
+            )
+        data = merge(data, loaded)
     data = merge(data, parse_overrides(overrides))
     return from_dict(cls, data)
 

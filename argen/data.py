@@ -180,8 +180,11 @@ class ImageFolder(Dataset):
         from PIL import Image
 
         path, label = self.samples[i]
-        with Image.open(path) as im:
-            img = im.convert("RGB")
+        try:
+            with Image.open(path) as im:
+                img = im.convert("RGB")
+        except (OSError, SyntaxError) as e:  # PIL: UnidentifiedImageError, truncated files, bad chunks
+            raise ValueError(f"{path} is not a readable image ({e}); remove or replace it, then rerun") from e
         if self.ten_crop:
             img = ten_crop(img, self.image_size, int(torch.randint(10, ())))
         else:

@@ -34,3 +34,28 @@ torch.set_num_threads(1)
 def _deterministic() -> None:
     torch.manual_seed(0)
     torch.set_num_threads(1)
+
+
+def _init(model: torch.nn.Module) -> torch.nn.Module:
+    model.init_weights()
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny random models saved as argen files: vq + EAR (16x16 grid), msvq + VAR."""
+    from argen.models.checkpoints import save_model
+    from argen.models.gpt import GPT, gpt_config
+    from argen.models.var import VAR, var_config
+    from argen.tokenizers.multiscale import MultiScaleVQVAE, msvq_config
+    from argen.tokenizers.vqgan import VQModel, vq_config
+
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("models")
+    vq = _init(VQModel(vq_config("debug", in_channels=1, out_channels=1, codebook_size=64)))
+    ear = _init(GPT(gpt_config("debug", grid=16)))
+    msvq = _init(MultiScaleVQVAE(msvq_config("debug", in_channels=1, vocab_size=64)))
+    var = _init(VAR(var_config("debug")))
+    return {
+        name: save_model(m, d / name) for name, m in {"vq": vq, "ear": ear, "msvq": msvq, "var": var}.items()
+    }

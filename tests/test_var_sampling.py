@@ -14,7 +14,7 @@ from torch import nn
 
 from argen.models.checkpoints import load_strict
 from argen.models.var import VAR, var_config
-from argen.sampling.logits import SamplingConfig
+from argen.sampling.logits import SamplingConfig, sample_keys
 from argen.sampling.next_scale import NextScaleConfig, sample_next_scale, sample_next_scale_reference
 
 
@@ -84,6 +84,20 @@ def test_cached_sampler_equals_reference(sampling, shared_aln):
     assert len(fast.progression) == len(var.config.patch_nums)
     torch.testing.assert_close(fast.progression[-1], fast.images, atol=0, rtol=0)
     assert all(b.attn.cache is None for b in var.blocks)  # caches live only inside the sampler
+
+
+def test_sample_i_depends_on_its_key_not_on_the_batch():
+    var, vae = _pair()
+    labels = torch.tensor([1, 2, 7])
+    cfg = NextScaleConfig(sampling=SAMPLINGS[1])
+    keys = sample_keys(3, [10, 11, 12])
+    batch = sample_next_scale(var, vae, labels, cfg, keys)
+    for i in range(3):
+        one = sample_next_scale(var, vae, labels[i : i + 1], cfg, keys[i : i + 1])
+        for a, b in zip(one.tokens, batch.tokens, strict=True):
+            assert torch.equal(a, b[i : i + 1])
+    other = sample_next_scale(var, vae, labels, cfg, sample_keys(4, [10, 11, 12]))
+    assert not torch.equal(other.tokens[-1], batch.tokens[-1])
 
 
 def test_cache_is_static_and_preallocated():

@@ -11,6 +11,7 @@ argen flops --model M
 argen convert --official var_d16.pth --kind var --preset d16 --out var_d16
 argen plot results/*.json --out plot.png
 argen demo --out out/demo
+argen presets [task]; argen fields train|distill|eval|model:<task>
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-from argen.cli import evaluate, models, sample, train
+from argen.cli import evaluate, info, models, sample, train
 from argen.cli.common import positive_int
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
@@ -30,6 +31,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     sample.add_sampling,
     evaluate.add_evaluation,
     models.add_models,
+    info.add_info,
 ]
 
 

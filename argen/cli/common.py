@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 
@@ -135,6 +136,19 @@ def pipeline(args: argparse.Namespace) -> Any:
         adaptive=args.adaptive,
     )
     return Pipeline.load(cfg)
+
+
+def output_folder(folder: str, marker: str, overwrite: bool) -> Path:
+    """`folder` as an output folder: refused when it is a file, or when it holds an earlier run's `marker`
+    file (unless `overwrite`), so results are never silently replaced."""
+    out = Path(folder)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {folder} is a file; give a folder (it is created if missing)")
+    if (out / marker).exists() and not overwrite:
+        raise ValueError(
+            f"{out} holds an earlier run ({marker}); use another --out, or --overwrite to replace it"
+        )
+    return out
 
 
 def class_labels(pipe: Any, classes: list[int] | None, per_class: int) -> Any:

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from argen.cli.common import config_flags, generate_flags, ints, pipeline, print_json
+from argen.cli.common import config_flags, generate_flags, ints, pipeline, positive_int, print_json
 from argen.config import load_config, to_dict
 
 
@@ -14,6 +14,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from argen.eval.evaluate import EvalConfig, evaluate
 
     cfg = load_config(EvalConfig, args.config, args.set)
+    if args.samples and args.model:
+        raise ValueError(
+            "give either --samples (score existing images) or --model (sample, then score), not both"
+        )
     if args.samples:
         cfg.samples = args.samples
     if cfg.samples is None and not args.model:
@@ -27,7 +31,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         samples = pipe.sample(labels)
         images, cfg.sample_seed = samples.images, pipe.sampling.seed
         seconds = round(samples.seconds, 2)
-        extra = {"generator": {"model": args.model, **pipe.cost(), "sample_seconds": seconds}}
+        extra = {"generator": {"model": args.model, **pipe.cost(samples), "sample_seconds": seconds}}
     print_json(evaluate(cfg, images, labels, extra))
 
 
@@ -49,7 +53,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
     def sample_fn(batch: int) -> Any:
         return pipe.sample(torch.arange(batch) % pipe.num_classes).images
 
-    cost = pipe.cost()
+    # adaptive EAR chooses its passes while sampling: its cost is the mean over a calibration batch
+    calibration = pipe.sample(torch.arange(16) % pipe.num_classes) if pipe.cfg.adaptive is not None else None
+    cost = pipe.cost(calibration)
     meta = {
         "name": args.name or Path(args.model).stem,
         "model": args.model,
@@ -74,15 +80,17 @@ def add_evaluation(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="FID/KID/precision/recall (+ class accuracy) of samples or a generator")
     p.add_argument("--samples", help="folder of PNGs or ADM .npz")
     generate_flags(p, model_required=False, tokenizer_required=False)
-    p.add_argument("--n", type=int, default=1000, help="with --model: images sampled (classes cycled)")
+    p.add_argument(
+        "--n", type=positive_int, default=1000, help="with --model: images sampled (classes cycled)"
+    )
     config_flags(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("bench", help="sampling throughput, latency, memory and FLOPs as JSON")
     generate_flags(p)
-    p.add_argument("--batch-sizes", type=ints, default=[1, 8, 32])
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--batch-sizes", type=ints, default=[1, 8, 32], help="comma-separated batch sizes")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs per batch size")
+    p.add_argument("--repeats", type=positive_int, default=3, help="timed runs per batch size (median)")
     p.add_argument("--name", help="label of this result in plots")
     p.add_argument("--out", help="JSON output path")
     p.set_defaults(func=cmd_bench)
@@ -92,8 +100,8 @@ def add_evaluation(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_flops)
 
     p = sub.add_parser("plot", help="quality vs speed plot from result JSONs")
-    p.add_argument("results", nargs="+")
-    p.add_argument("--out", default="out/quality_speed.png")
-    p.add_argument("--x", default="img_per_s")
-    p.add_argument("--y", default="fid")
+    p.add_argument("results", nargs="+", help="eval/bench JSON reports")
+    p.add_argument("--out", default="out/quality_speed.png", help="output picture")
+    p.add_argument("--x", default="img_per_s", help="report field on the x axis")
+    p.add_argument("--y", default="fid", help="report field on the y axis")
     p.set_defaults(func=cmd_plot)

@@ -8,16 +8,27 @@ import json
 from pathlib import Path
 from typing import Any
 
-from argen.cli.common import class_labels, generate_flags, ints, pipeline, positive_int, print_json
+from argen.cli.common import (
+    class_labels,
+    device,
+    generate_flags,
+    guidance,
+    ints,
+    output_folder,
+    pipeline,
+    positive_int,
+    print_json,
+)
+from argen.io import atomic_write_text
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
     from argen.sampling.images import save_gif, save_grid, save_strip
     from argen.sampling.writer import save_adm_npz
 
+    out = output_folder(args.out, "sample.json", args.overwrite)
     pipe = pipeline(args)
     labels = class_labels(pipe, args.classes, args.n_per_class)
-    out = Path(args.out)
     samples = pipe.sample(labels, frames=args.gif)
     grid = save_grid(samples.images, out / "samples.png", nrow=args.n_per_class, scale=args.scale)
     report = {
@@ -34,7 +45,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
             report["strip"] = str(save_strip(samples.frames, out / "scales.png", scale=args.scale))
     if args.npz:
         report["npz"] = str(save_adm_npz(samples.images, samples.labels, out / "samples.npz"))
-    (out / "sample.json").write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_text(out / "sample.json", json.dumps(report, indent=2) + "\n")
     print_json(report)
 
 
@@ -80,19 +91,20 @@ def cmd_extend(args: argparse.Namespace) -> None:
         canvas=args.canvas,
         images=args.images,
         classes=args.classes,
-        cfg_scale=args.cfg_scale or 2.0,
-        seed=args.seed or 0,
+        cfg_scale=2.0 if args.cfg_scale is None else args.cfg_scale,
+        seed=0 if args.seed is None else args.seed,
         device=args.device,
     )
-    print_json(extend_images(cfg, Path(args.out)))
+    print_json(extend_images(cfg, output_folder(args.out, "extend.png", args.overwrite)))
 
 
 def add_sampling(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="class-conditional samples as a PNG grid (+ growth GIF / scale strip)")
     generate_flags(p)
     p.add_argument("--classes", type=ints, help="class ids, comma-separated (default: all)")
-    p.add_argument("--n-per-class", type=int, default=8)
-    p.add_argument("--out", default="out/sample")
+    p.add_argument("--n-per-class", type=positive_int, default=8, help="images per class")
+    p.add_argument("--out", default="out/sample", help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier sample run in --out")
     p.add_argument("--gif", action="store_true", help="EAR: growth GIF; VAR: per-scale GIF and strip")
     p.add_argument("--npz", action="store_true", help="also write samples.npz (ADM format) for `argen eval`")
     p.add_argument("--scale", type=int, default=3, help="pixel upscaling of the written images")
@@ -115,14 +127,15 @@ def add_sampling(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("extend", help="EAR: extension / inpainting from centre tokens")
-    p.add_argument("--model", required=True)
-    p.add_argument("--tokenizer", required=True)
+    p.add_argument("--model", required=True, help="EAR model: file, folder or shipped name (ear_fmnist)")
+    p.add_argument("--tokenizer", required=True, help="its VQ tokenizer (file, folder or name)")
     p.add_argument("--centre", type=int, default=8, help="side of the kept centre crop, in tokens")
     p.add_argument("--canvas", type=int, help="canvas side in tokens (default: model grid = inpainting)")
     p.add_argument("--images", type=ints, default=[0, 1, 2, 3], help="Fashion-MNIST test indices")
     p.add_argument("--classes", type=ints, help="class per image (default: the images' own labels)")
-    p.add_argument("--cfg", type=float, dest="cfg_scale")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", default="out/extend")
+    p.add_argument("--cfg", type=guidance, dest="cfg_scale", help="guidance scale >= 0 (default: 2)")
+    p.add_argument("--seed", type=int, help="sampling seed (default: 0)")
+    p.add_argument("--device", type=device, default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--out", default="out/extend", help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier extend.png in --out")
     p.set_defaults(func=cmd_extend)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from argen.cli.common import config_flags
+from argen.cli.common import config_flags, device, positive_int
 from argen.config import DataConfig, TrainConfig, load_config, to_dict
 
 
@@ -42,9 +42,16 @@ def cmd_tokenize(args: argparse.Namespace) -> None:
     else:
         raise ValueError(f"{args.tokenizer} is a {tok.kind} model, not a tokenizer (vq or msvq)")
     data = DataConfig(source=args.source, root=args.root, split=args.split, image_size=args.image_size)
+    dataset = build_image_dataset(data)
+    channels = dataset[0][0].shape[0] if len(dataset) else tok.config.in_channels
+    if channels != tok.config.in_channels:
+        raise ValueError(
+            f"{args.tokenizer} encodes {tok.config.in_channels}-channel images but {data.source} gives "
+            f"{channels}-channel ones: use a tokenizer trained on such images"
+        )
     meta = {"tokenizer": str(args.tokenizer), "kind": tok.kind, "data": to_dict(data)}
     meta["tokenizer_fingerprint"] = tokenizer_fingerprint(tok)  # generators record it; a mismatch is caught
-    path = extract_tokens(encode, build_image_dataset(data), args.out, args.batch_size, device, meta)
+    path = extract_tokens(encode, dataset, args.out, args.batch_size, device, meta)
     print(f"tokens written to {path}")
 
 
@@ -64,8 +71,8 @@ def add_training(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output .npz")
     p.add_argument("--source", default="fashion_mnist", help="fashion_mnist | imagefolder")
     p.add_argument("--root", help="IDX directory or ImageFolder root (default: the Debian location)")
-    p.add_argument("--split", default="train")
-    p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--split", default="train", help="dataset split")
+    p.add_argument("--image-size", type=positive_int, default=32, help="image side after crop/resize")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="images per encoder batch")
+    p.add_argument("--device", type=device, default="auto", help="auto | cpu | cuda | cuda:N")
     p.set_defaults(func=cmd_tokenize)

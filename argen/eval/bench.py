@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from argen.io import atomic_write_text
+
 
 @dataclass
 class BenchConfig:
@@ -171,5 +173,5 @@ def run_bench(
     res = bench_sampler(sample_fn, cfg.batch_sizes, cfg.warmup, cfg.repeats, cfg.resolved_device(), meta)
     if cfg.out is not None:
         Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.out).write_text(json.dumps(res, indent=2) + "\n")
+        atomic_write_text(cfg.out, json.dumps(res, indent=2) + "\n")
     return res

@@ -21,6 +21,7 @@ import torch
 from argen.config import to_dict
 from argen.eval.fid import FeatureStats, cached_stats, feature_stats, fid_from_stats, kid, precision_recall
 from argen.eval.inception import INCEPTION_NAME, Extractor, to_uint8
+from argen.io import atomic_write_text
 
 FMNIST = "fashion_mnist"
 _IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
@@ -47,7 +48,7 @@ class EvalConfig:
     samples: str | None = None
     reference: str = FMNIST
     ref_split: str = "train"
-    ref_n: int = 10000
+    ref_n: int = 5000  # the README results protocol
     floor_split: str = "test"
     floor: bool = True
     features: str = "inception"
@@ -280,7 +281,7 @@ def evaluate(
     report.update(extra or {})
     if cfg.out is not None:
         Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.out).write_text(json.dumps(report, indent=2) + "\n")
+        atomic_write_text(cfg.out, json.dumps(report, indent=2) + "\n")
     return report
 
 

@@ -199,5 +199,12 @@ def cached_stats(key: dict[str, object], compute: Callable[[], FeatureStats]) ->
     path = cache_dir() / "ref_stats" / f"{name}_{digest}.npz"
     if path.is_file():
         return load_stats(path), path
+    import warnings
+
+    warnings.warn(
+        f"computing reference features once ({key.get('dataset')}, {key.get('split')}, n={key.get('n')}, "
+        f"{key.get('extractor')}); they are cached in {path.parent} for later runs",
+        stacklevel=2,
+    )
     stats = compute()
     return stats, save_stats(stats, path)

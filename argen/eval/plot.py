@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from argen.io import atomic_write
+
 
 def lookup(result: dict[str, Any], key: str) -> Any:
     """`result["a"]["b"]` for key "a.b"; None when any part is missing."""
@@ -130,6 +132,6 @@ def plot_quality_speed(
     fig.tight_layout()
     out = Path(out).with_suffix(".png")
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
+    atomic_write(out, lambda p: fig.savefig(p, format=Path(out).suffix.lstrip(".") or "png"))
     plt.close(fig)
     return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -20,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import argen
+from argen.io import atomic_write_text
 from argen.config import from_dict, to_dict
 
 
@@ -83,9 +85,13 @@ def save_model(
     if trained_with:
         meta["trained_with"] = trained_with
     tmp = path.with_suffix(".safetensors.tmp")
-    save_file(state, str(tmp), metadata={"argen": json.dumps(meta)})
-    tmp.replace(path)
-    path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+    try:
+        save_file(state, str(tmp), metadata={"argen": json.dumps(meta)})
+        os.chmod(tmp, 0o666 & ~_umask())  # safetensors writes 0600; a model file is as shareable as its JSON
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed write (disk full) leaves no partial file behind
+    atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2) + "\n")
     return path
 
 
@@ -121,6 +127,12 @@ def file_digest(path: str | Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def read_meta(path: str | Path) -> dict[str, Any]:
     path = resolve_model_path(path)
     meta_path = path.with_suffix(".json")
@@ -133,10 +145,21 @@ def read_meta(path: str | Path) -> dict[str, Any]:
 
 
 def load_model(
-    path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    path: str | Path,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    expect: tuple[str, ...] | None = None,
 ) -> nn.Module:
-    """Build and load an argen model file (any registered kind, or a shipped model's name), in eval mode."""
+    """Build and load an argen model file (any registered kind, or a shipped model's name), in eval mode.
+
+    expect: the kinds the caller can use (e.g. ("vq", "msvq")); another kind is a CheckpointError that
+    says what the file is.
+    """
     path = resolve_model_path(path)
+    if expect is not None:
+        kind = read_meta(path if path.suffix == ".safetensors" else path.with_suffix(".safetensors")).get("kind")
+        if kind not in expect:
+            raise CheckpointError(f"{path} is a {kind} model; this needs a {' or '.join(expect)} model")
     if path.suffix != ".safetensors":
         path = path.with_suffix(".safetensors")
     if not path.is_file():

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from argen.io import atomic_write_text
 from argen.sampling.logits import SamplingConfig
 
 
@@ -65,6 +66,9 @@ def extend_images(cfg: ExtendConfig, out: Path) -> dict[str, Any]:
         raise ValueError(f"need centre ({cfg.centre}) <= model grid ({n}) <= canvas ({canvas})")
     data = build_image_dataset(DataConfig(split="test"))
     indices = cfg.images or [0, 1, 2, 3]
+    bad = [i for i in indices if not 0 <= i < len(data)]
+    if bad:
+        raise ValueError(f"--images {bad}: the Fashion-MNIST test split has images 0..{len(data) - 1}")
     device = next(model.parameters()).device
     img_BCHW = torch.stack([data[i][0] for i in indices]).to(device)
     labels_B = torch.tensor(cfg.classes or [data[i][1] for i in indices], device=device)
@@ -90,7 +94,7 @@ def extend_images(cfg: ExtendConfig, out: Path) -> dict[str, Any]:
         "mode": "extension" if canvas > n else "inpainting",
         "passes": res.passes,
     }
-    (out / "extend.json").write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_text(out / "extend.json", json.dumps(report, indent=2) + "\n")
     return report
 
 

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from argen.io import atomic_write
+
 
 def to_uint8(img_BCHW: torch.Tensor) -> np.ndarray:
     """(B, C, H, W) float in [0, 1] -> (B, H, W, C) uint8 (grey images keep one channel)."""
@@ -35,10 +37,8 @@ def make_grid(img_BCHW: torch.Tensor, nrow: int | None = None, pad: int = 2, sca
 
 
 def save_grid(img_BCHW: torch.Tensor, path: str | Path, nrow: int | None = None, scale: int = 1) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    make_grid(img_BCHW, nrow=nrow, scale=scale).save(path)
-    return path
+    grid = make_grid(img_BCHW, nrow=nrow, scale=scale)
+    return atomic_write(path, lambda p: grid.save(p, format="PNG"))
 
 
 def save_gif(
@@ -50,12 +50,14 @@ def save_gif(
     hold_last_ms: int = 1200,
 ) -> Path:
     """Animated GIF from a list of (B, C, H, W) batches, each frame a grid."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     ims = [make_grid(f, nrow=nrow, scale=scale).convert("P") for f in frames]
     durations = [duration_ms] * (len(ims) - 1) + [hold_last_ms]
-    ims[0].save(path, save_all=True, append_images=ims[1:], duration=durations, loop=0)
-    return path
+    return atomic_write(
+        path,
+        lambda p: ims[0].save(
+            p, format="GIF", save_all=True, append_images=ims[1:], duration=durations, loop=0
+        ),
+    )
 
 
 def save_strip(frames: Sequence[torch.Tensor], path: str | Path, rows: int = 4, scale: int = 1) -> Path:

@@ -10,7 +10,6 @@ settings of the run that wrote them, so a folder is never silently filled by two
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from argen.io import atomic_write
 from argen.sampling.images import to_uint8
 
 # labels (B,) int64, global sample indices (B,) int64 -> images (B, C, H, W) float in [0, 1]
@@ -100,9 +100,7 @@ def _savez(path: Path, **arrays: np.ndarray) -> None:
 
 
 def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    write(tmp)
-    tmp.replace(path)
+    atomic_write(path, write)
 
 
 def _write_batch(

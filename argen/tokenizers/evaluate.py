@@ -75,7 +75,7 @@ def reconstruction_report(
     from argen.models.checkpoints import load_model
     from argen.sampling.images import save_grid
 
-    model = load_model(tokenizer_path)
+    model = load_model(tokenizer_path, expect=("vq", "msvq"))
     data = build_image_dataset(DataConfig(split=split))
     metrics = reconstruction_metrics(model, data, max_images=max_images)
     img_BCHW = torch.stack([data[i][0] for i in range(show)])

@@ -308,7 +308,8 @@ class StepBatches:
                     f"{cfg.data.root}: codes have {self.dataset.codes_NL.shape[1]} positions, the "
                     f"teacher expects {var_cfg.seq_len} (all scales of {var_cfg.patch_nums})"
                 )
-        self.vqvae = load_model(cfg.vqvae, device=device).requires_grad_(False) if cfg.vqvae else None
+        vqvae = load_model(cfg.vqvae, device=device, expect=("msvq",)) if cfg.vqvae else None
+        self.vqvae = vqvae.requires_grad_(False) if vqvae is not None else None
 
     def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         cfg, vc, batch = self.cfg, self.var_cfg, self.cfg.batch_size

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from argen.distributed import (
     seed_everything,
     wrap_model,
 )
+from argen.io import atomic_write_text
 from argen.models.checkpoints import CheckpointError, load_strict, read_safetensors, save_model
 from argen.training import checkpoint as ckpt
 from argen.training.ema import EMA
@@ -201,11 +203,28 @@ def _maybe_resume(run: _Run) -> None:
             )
         return
     if latest is None:
+        start = f"initialised from {run.cfg.init}" if run.cfg.init else f"random init (seed {run.cfg.seed})"
+        _say(run, f"argen train {run.cfg.task}: new run in {run.out}, {start}")
         return
     state = ckpt.load_checkpoint(latest)
     ckpt.check_compatible(state.config, to_dict(run.cfg), str(latest))
     ckpt.apply_training_state(state, run.module, run.optimizer, run.scheduler, run.ema, str(latest))
     run.step = run.saved_step = state.step
+    _say(run, f"argen train {run.cfg.task}: resumed from {latest} at step {state.step} of {run.cfg.steps}")
+    changed = {
+        k: (state.config.get(k), v)
+        for k, v in to_dict(run.cfg).items()
+        if k in ("batch_size", "grad_accum", "steps", "precision", "optim", "objective")
+        and state.config.get(k) != v
+    }
+    for key, (before, now) in changed.items():
+        _say(run, f"  note: {key} changed since the checkpoint: {json.dumps(before)} -> {json.dumps(now)}")
+
+
+def _say(run: _Run, line: str) -> None:
+    """A start-of-run line on rank 0 (stderr, so JSON on stdout stays clean)."""
+    if run.info.is_main:
+        print(line, file=sys.stderr, flush=True)
 
 
 def _train_step(run: _Run, micro: list[Any]) -> tuple[float, float, dict[str, float]]:
@@ -358,7 +377,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> Path:
     batches = step_batches(dataset, cfg, info, run.step)  # checks sizes before anything is written
     logger = _Logger(run)
     if info.is_main:
-        (run.out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+        atomic_write_text(run.out / "config.json", json.dumps(to_dict(cfg), indent=2) + "\n")
     from tqdm.auto import tqdm
 
     bar = tqdm(

@@ -10,35 +10,63 @@ from __future__ import annotations
 def build_tokenizer(kind: str, model: dict):
     """A freshly initialised tokenizer from {"preset": ..., <config overrides>, "disc": <optional>}.
 
-    kind: "vq" (VQModel) or "msvq" (MultiScaleVQVAE). "disc": true or a dict of DiscConfig fields wraps
-    the tokenizer in a TokenizerWithDisc for GAN training (only the tokenizer is exported).
+    kind: "vq" (VQModel) or "msvq" (MultiScaleVQVAE). "disc": true or a dict of DiscConfig fields (an empty
+    dict = the defaults) wraps the tokenizer in a TokenizerWithDisc for GAN training (only the tokenizer is
+    exported); absent, null or false = no discriminator. The default preset is "fmnist", which matches
+    the default data (1-channel Fashion-MNIST).
     """
     from argen.config import from_dict
     from argen.tokenizers.losses import DiscConfig, PatchDiscriminator, TokenizerWithDisc
 
     spec = dict(model)
-    preset, disc = spec.pop("preset", "debug"), spec.pop("disc", None)
-    if kind == "vq":
-        from argen.tokenizers.vqgan import VQModel, vq_config
-
-        tok = VQModel(vq_config(preset, **spec))
-    else:
-        from argen.tokenizers.multiscale import MultiScaleVQVAE, msvq_config
-
-        tok = MultiScaleVQVAE(msvq_config(preset, **spec))
+    disc = spec.pop("disc", None)
+    tok = _tokenizer_class(kind)(_tokenizer_config(kind, spec))
     tok.init_weights()
-    if not disc:
+    if disc is None or disc is False:
         return tok
+    if not isinstance(disc, dict | bool):
+        raise ValueError(f"model.disc must be true, false or a dict of discriminator options, got {disc!r}")
     disc_opts = {"in_channels": tok.config.in_channels, **(disc if isinstance(disc, dict) else {})}
     wrapper = TokenizerWithDisc(tok, PatchDiscriminator(from_dict(DiscConfig, disc_opts, where="model.disc")))
     wrapper.disc.init_weights()
     return wrapper
 
 
-def _tokenizer_dataset(cfg):
+def _tokenizer_class(kind: str):
+    if kind == "vq":
+        from argen.tokenizers.vqgan import VQModel
+
+        return VQModel
+    from argen.tokenizers.multiscale import MultiScaleVQVAE
+
+    return MultiScaleVQVAE
+
+
+def _tokenizer_config(kind: str, spec: dict):
+    spec = {k: v for k, v in spec.items() if k != "disc"}
+    preset = spec.pop("preset", "fmnist")
+    if kind == "vq":
+        from argen.tokenizers.vqgan import vq_config
+
+        return vq_config(preset, **spec)
+    from argen.tokenizers.multiscale import msvq_config
+
+    return msvq_config(preset, **spec)
+
+
+def _tokenizer_dataset(cfg, kind: str):
     from argen.data import build_image_dataset
 
-    return build_image_dataset(cfg.data)
+    dataset = build_image_dataset(cfg.data)
+    channels = _tokenizer_config(kind, cfg.model).in_channels
+    if len(dataset) and dataset[0][0].shape[0] != channels:
+        have = dataset[0][0].shape[0]
+        raise ValueError(
+            f"the data ({cfg.data.source}) has {have}-channel images but the tokenizer takes {channels}: "
+            f"choose a preset for this data or set --set model.in_channels={have}"
+            + (f" --set model.out_channels={have}" if kind == "vq" else "")
+        )
+    return dataset
 
 
 def tokenizer_loss(model, batch, opts: dict) -> tuple:
@@ -52,8 +80,15 @@ def tokenizer_loss(model, batch, opts: dict) -> tuple:
 def _register_tokenizers() -> None:
     from argen.training.tasks import Task, register_task
 
-    register_task(Task("tokenizer", lambda m: build_tokenizer("vq", m), _tokenizer_dataset, tokenizer_loss))
-    register_task(Task("msvq", lambda m: build_tokenizer("msvq", m), _tokenizer_dataset, tokenizer_loss))
+    for name, kind in (("tokenizer", "vq"), ("msvq", "msvq")):
+        register_task(
+            Task(
+                name,
+                lambda m, kind=kind: build_tokenizer(kind, m),
+                lambda cfg, kind=kind: _tokenizer_dataset(cfg, kind),
+                tokenizer_loss,
+            )
+        )
 
 
 _register_tokenizers()
@@ -193,7 +228,7 @@ def _var_vqvae(spec, device):
     if key not in _VAR_VQVAES:  # loaded once per process and device, never trained
         from argen.models.checkpoints import load_model
 
-        _VAR_VQVAES[key] = load_model(spec, device=device).requires_grad_(False)
+        _VAR_VQVAES[key] = load_model(spec, device=device, expect=("msvq",)).requires_grad_(False)
     return _VAR_VQVAES[key]
 
 
