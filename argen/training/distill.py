@@ -400,7 +400,7 @@ def distill(cfg: DistillConfig) -> Path:
     from tqdm.auto import tqdm
 
     from argen.distributed import resolve_device
-    from argen.models.checkpoints import save_model
+    from argen.models.checkpoints import read_meta, save_model
     from argen.training.checkpoint import check_compatible, latest_checkpoint, load_checkpoint
 
     out, device = Path(cfg.out_dir), resolve_device(cfg.device)
@@ -437,4 +437,7 @@ def distill(cfg: DistillConfig) -> Path:
                 log.flush()
             if step % cfg.ckpt_every == 0 or step == total or step == cfg.stage1_steps:
                 _save(ckpt_dir, student, opt, sched, step, {**run_config, "stage": stage}, cfg.keep_last)
-    return save_model(student.eval().requires_grad_(False), out / "actvar")
+    # the student samples with its teacher's tokenizer: keep the teacher's record of it
+    teacher_meta = read_meta(cfg.teacher) if cfg.teacher else {}
+    trained_with = {**teacher_meta.get("trained_with", {}), "objective": {"distilled_from": str(cfg.teacher)}}
+    return save_model(student.eval().requires_grad_(False), out / "actvar", trained_with=trained_with)
