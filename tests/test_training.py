@@ -329,3 +329,12 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
 if __name__ == "__main__":  # the process killed by test_sigkill_then_resume_is_bit_identical
     torch.set_num_threads(1)
     run(toy_cfg(Path(sys.argv[1]), steps=30, ckpt_every=2, objective={"sleep": 0.1}))
+
+
+def test_start_of_run_line_says_what_was_resumed_and_what_changed(tmp_path, capsys):
+    run(toy_cfg(tmp_path, steps=4))
+    assert f"new run in {tmp_path}, random init (seed 3)" in capsys.readouterr().err
+    run(toy_cfg(tmp_path, steps=6, batch_size=16, grad_accum=2))
+    err = capsys.readouterr().err
+    assert "resumed from" in err and "step_00000004 at step 4 of 6" in err
+    assert "batch_size changed since the checkpoint: 8 -> 16" in err
