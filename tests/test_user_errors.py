@@ -164,11 +164,11 @@ def test_empty_disc_dict_means_default_discriminator() -> None:
 def test_train_tokenizer_default_preset_matches_default_data() -> None:
     """`argen train tokenizer` without --config: the default preset takes the default 1-channel data."""
     from argen.config import TrainConfig
-    from argen.training.objectives import _tokenizer_config
+    from argen.training.objectives import tokenizer_config
 
     cfg = TrainConfig(task="tokenizer")
-    assert cfg.data.source == "fashion_mnist" and _tokenizer_config("vq", cfg.model).in_channels == 1
-    assert _tokenizer_config("msvq", cfg.model).in_channels == 1
+    assert cfg.data.source == "fashion_mnist" and tokenizer_config("vq", cfg.model).in_channels == 1
+    assert tokenizer_config("msvq", cfg.model).in_channels == 1
 
 
 # ------------------------------------------------------------------------------------------ data and files

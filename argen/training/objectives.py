@@ -1,4 +1,5 @@
-"""Training objectives (losses), one section per model family, each registering its task.
+"""Training objectives (losses) and the model/dataset builders of each family; `training/tasks.py` names
+them as tasks (this module imports nothing from there: no import circle).
 
 Losses live here so that training and distillation reuse the same forward passes.
 """
@@ -20,7 +21,7 @@ def build_tokenizer(kind: str, model: dict):
 
     spec = dict(model)
     disc = spec.pop("disc", None)
-    tok = _tokenizer_class(kind)(_tokenizer_config(kind, spec))
+    tok = _tokenizer_class(kind)(tokenizer_config(kind, spec))
     tok.init_weights()
     if disc is None or disc is False:
         return tok
@@ -42,7 +43,7 @@ def _tokenizer_class(kind: str):
     return MultiScaleVQVAE
 
 
-def _tokenizer_config(kind: str, spec: dict):
+def tokenizer_config(kind: str, spec: dict):
     spec = {k: v for k, v in spec.items() if k != "disc"}
     preset = spec.pop("preset", "fmnist")
     if kind == "vq":
@@ -54,11 +55,11 @@ def _tokenizer_config(kind: str, spec: dict):
     return msvq_config(preset, **spec)
 
 
-def _tokenizer_dataset(cfg, kind: str):
+def tokenizer_dataset(cfg, kind: str):
     from argen.data import build_image_dataset
 
     dataset = build_image_dataset(cfg.data)
-    channels = _tokenizer_config(kind, cfg.model).in_channels
+    channels = tokenizer_config(kind, cfg.model).in_channels
     if len(dataset) and dataset[0][0].shape[0] != channels:
         have = dataset[0][0].shape[0]
         raise ValueError(
@@ -77,25 +78,8 @@ def tokenizer_loss(model, batch, opts: dict) -> tuple:
     return loss_fn(model, batch, opts)
 
 
-def _register_tokenizers() -> None:
-    from argen.training.tasks import Task, register_task
-
-    for name, kind in (("tokenizer", "vq"), ("msvq", "msvq")):
-        register_task(
-            Task(
-                name,
-                lambda m, kind=kind: build_tokenizer(kind, m),
-                lambda cfg, kind=kind: _tokenizer_dataset(cfg, kind),
-                tokenizer_loss,
-            )
-        )
-
-
-_register_tokenizers()
-
-
 # ------------------------------------------------------------------------------------------ GPT (raster, EAR)
-def _gpt_model(model: dict):
+def gpt_model(model: dict):
     from argen.models.gpt import GPT, gpt_config
 
     overrides = dict(model)
@@ -104,7 +88,7 @@ def _gpt_model(model: dict):
     return net
 
 
-def _gpt_dataset(cfg):
+def gpt_dataset(cfg):
     from argen.data import build_dataset
 
     if cfg.data.source != "tokens":
@@ -172,24 +156,15 @@ def gpt_loss(model, batch, opts: dict) -> tuple:
     return loss, {"loss": float(loss.detach()), "acc": float(acc), "steps": float(order.num_steps)}
 
 
-def _register_gpt() -> None:
-    from argen.training.tasks import Task, register_task
-
-    register_task(Task("gpt", _gpt_model, _gpt_dataset, gpt_loss))
-
-
-_register_gpt()
-
-
 # --------------------------------------------------------------------------------------------------- VAR
-def _var_model(model: dict):
+def var_model(model: dict):
     from argen.models.var import VAR, var_config
 
     overrides = dict(model)
     return VAR(var_config(overrides.pop("preset", "debug"), **overrides))
 
 
-def _var_dataset(cfg):
+def var_dataset(cfg):
     from argen.data import build_dataset
 
     if cfg.data.source != "tokens":
@@ -279,23 +254,14 @@ def var_loss(model, batch, opts: dict) -> tuple:
     }
 
 
-def _register_var() -> None:
-    from argen.training.tasks import Task, register_task
-
-    register_task(Task("var", _var_model, _var_dataset, var_loss))
-
-
-_register_var()
-
-
 # ------------------------------------------------------------------------------------------------ classifier
-def _classifier_model(model: dict):
+def classifier_model(model: dict):
     from argen.eval.classifier import build_classifier
 
     return build_classifier(model)
 
 
-def _classifier_dataset(cfg):
+def classifier_dataset(cfg):
     from argen.data import build_image_dataset
 
     return build_image_dataset(cfg.data)
@@ -310,12 +276,3 @@ def classifier_loss(model, batch, opts: dict) -> tuple:
     loss = F.cross_entropy(logits_BK, label_B, label_smoothing=float(opts.get("label_smoothing", 0.0)))
     acc = (logits_BK.argmax(-1) == label_B).float().mean()
     return loss, {"loss": float(loss.detach()), "acc": float(acc)}
-
-
-def _register_classifier() -> None:
-    from argen.training.tasks import Task, register_task
-
-    register_task(Task("classifier", _classifier_model, _classifier_dataset, classifier_loss))
-
-
-_register_classifier()

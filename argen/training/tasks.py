@@ -1,13 +1,14 @@
 """Task registry: what `argen train <task>` builds (model, dataset) and which loss it optimises.
 
-Each model family registers its task in `argen.training.objectives`.
+The built-in tasks are listed here from the builders and losses in `argen.training.objectives`; other code
+(tests, extensions) adds its own with `register_task`.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -15,6 +16,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from argen.config import TrainConfig
+from argen.training import objectives as obj
 
 # (model, batch, objective options) -> (scalar loss, metrics to log)
 LossFn = Callable[[nn.Module, Any, dict[str, Any]], tuple[torch.Tensor, dict[str, float]]]
@@ -43,8 +45,27 @@ def register_task(task: Task) -> Task:
     return task
 
 
+for _task in (
+    Task(
+        "tokenizer",
+        partial(obj.build_tokenizer, "vq"),
+        partial(obj.tokenizer_dataset, kind="vq"),
+        obj.tokenizer_loss,
+    ),
+    Task(
+        "msvq",
+        partial(obj.build_tokenizer, "msvq"),
+        partial(obj.tokenizer_dataset, kind="msvq"),
+        obj.tokenizer_loss,
+    ),
+    Task("gpt", obj.gpt_model, obj.gpt_dataset, obj.gpt_loss),
+    Task("var", obj.var_model, obj.var_dataset, obj.var_loss),
+    Task("classifier", obj.classifier_model, obj.classifier_dataset, obj.classifier_loss),
+):
+    register_task(_task)
+
+
 def get_task(name: str) -> Task:
-    importlib.import_module("argen.training.objectives")
     if name not in _TASKS:
         raise ValueError(f"unknown training task {name!r}; choose one of {sorted(_TASKS)}")
     return _TASKS[name]
