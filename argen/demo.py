@@ -96,8 +96,9 @@ def _train_tokenizer(cfg: DemoConfig, out: Path, summary: dict[str, Any]) -> Pat
 
 def _generator_grids(cfg: DemoConfig, out: Path) -> list[dict[str, Any]]:
     """One class grid per shipped generator (rows = classes), with passes, FLOPs and measured time."""
+    from argen.sampling.families import FRAME_IMAGES
     from argen.sampling.images import save_gif, save_grid
-    from argen.sampling.pipeline import FRAME_IMAGES, GenerateConfig, Pipeline
+    from argen.sampling.pipeline import GenerateConfig, Pipeline
 
     rows = []
     for name, (tok_name, label, extra) in GENERATORS.items():

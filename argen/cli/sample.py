@@ -39,9 +39,9 @@ def cmd_sample(args: argparse.Namespace) -> None:
         **pipe.cost(samples),  # adaptive EAR: the mean passes, tokens and FLOPs that really ran
     }
     if args.gif and samples.frames:
-        name = "growth.gif" if pipe.family == "gpt" else "scales.gif"
+        name = f"{pipe.family.frames_name}.gif"
         report["gif"] = str(save_gif(samples.frames, out / name, nrow=args.n_per_class, scale=args.scale))
-        if pipe.family == "var":
+        if pipe.family.frames_name == "scales":
             report["strip"] = str(save_strip(samples.frames, out / "scales.png", scale=args.scale))
     if args.npz:
         report["npz"] = str(save_adm_npz(samples.images, samples.labels, out / "samples.npz"))

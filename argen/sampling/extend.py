@@ -58,7 +58,7 @@ def extend_images(cfg: ExtendConfig, out: Path) -> dict[str, Any]:
     from argen.sampling.pipeline import GenerateConfig, Pipeline
 
     pipe = Pipeline.load(GenerateConfig(model=cfg.model, tokenizer=cfg.tokenizer, device=cfg.device))
-    if pipe.family != "gpt" or pipe.model.config.order != "spiral":
+    if getattr(pipe.model.config, "order", None) != "spiral":
         raise ValueError("extension needs a spiral (EAR) GPT model")
     model, n = pipe.model, pipe.model.config.grid
     canvas = cfg.canvas or n
@@ -81,7 +81,8 @@ def extend_images(cfg: ExtendConfig, out: Path) -> dict[str, Any]:
             model, SamplingConfig(cfg_scale=cfg.cfg_scale, seed=cfg.seed), order="spiral", grid=canvas
         )
         res = extend_from_centre(model, labels_B, centre, process)
-        generated = pipe.decode_tokens(res.tokens_BL.view(-1, canvas, canvas)).float().cpu()
+        generated = pipe.tokenizer.decode_codes(res.tokens_BL.view(-1, canvas, canvas)).add(1).div(2)
+        generated = generated.float().cpu()
     size = generated.shape[-1]
     orig_px = img_BCHW.add(1).div(2).float().cpu()
     kept = _pad_to(_keep_box(orig_px, n, (r0, c0), cfg.centre), size)

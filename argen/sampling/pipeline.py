@@ -1,15 +1,14 @@
 """Generator + tokenizer -> images: the one sampling path behind `argen sample`, `eval`, `bench` and `demo`.
 
 Shape legend: N images requested, B images per batch, C channels, H, W pixels.
-Families: "gpt" (raster LlamaGen or spiral EAR, with a single-scale `VQModel`) and "var" (dense `VAR` or
-sparse `ActVAR`, with a `MultiScaleVQVAE`).
+What differs between model kinds (tokenizer, defaults, checks, cost, one batch's sampling) lives in
+`argen.sampling.families`; this file never branches on the kind.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +24,8 @@ from argen.models.checkpoints import (
     resolve_model_path,
     tokenizer_fingerprint,
 )
-from argen.sampling.logits import SamplingConfig, sample_keys
+from argen.sampling.families import family_of
+from argen.sampling.logits import sample_keys
 
 
 @dataclass
@@ -63,11 +63,6 @@ class GenerateConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
-GPT_SAMPLING = SamplingConfig(cfg_scale=2.0)
-FRAME_IMAGES = 16  # images per animation frame: decoding every pass of a whole batch costs more than sampling
-VAR_SAMPLING = SamplingConfig(cfg_scale=1.5, cfg_schedule="linear", top_k=900, top_p=0.96)
-
-
 @dataclass
 class Samples:
     """images: (N, C, H, W) in [0, 1]. frames: per-pass (GPT growth) or per-scale (VAR) images of the first
@@ -100,10 +95,9 @@ class Pipeline:
         """trained_with: the model file's record of its training (tokenizer fingerprint, objective)."""
         self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
         self.trained_with = trained_with or {}
-        self.family = "gpt" if model.kind == "gpt" else "var"
-        defaults = GPT_SAMPLING if self.family == "gpt" else VAR_SAMPLING
-        self.sampling = dataclasses.replace(defaults, **cfg.sampling)
-        self._check_settings()
+        self.family = family_of(model, cfg.model)
+        self.sampling = dataclasses.replace(self.family.default_sampling, **cfg.sampling)
+        self.family.check(model, cfg, self.trained_with)
         if tokenizer is not None:
             self._check_tokenizer(tokenizer)
 
@@ -111,52 +105,9 @@ class Pipeline:
     def load(cls, cfg: GenerateConfig) -> Pipeline:
         device = resolve_device(cfg.device)
         model = load_model(cfg.model, device)
-        if model.kind not in ("gpt", "var", "actvar"):
-            raise CheckpointError(f"{cfg.model} is a {model.kind} model, not a generator (gpt|var|actvar)")
+        family_of(model, cfg.model)  # before loading a tokenizer for something that is not a generator
         tokenizer = load_model(cfg.tokenizer, device) if cfg.tokenizer else None
         return cls(model, tokenizer, cfg, read_meta(resolve_model_path(cfg.model)).get("trained_with"))
-
-    def _check_settings(self) -> None:
-        """Refuse settings the model was not trained for (they would give garbage without a word)."""
-        cfg, name = self.cfg, self.cfg.model
-        if self.family == "var":
-            for flag, value in (
-                ("--order", cfg.order),
-                ("--schedule", cfg.schedule),
-                ("--adaptive", cfg.adaptive),
-            ):
-                if value is not None:
-                    raise ValueError(
-                        f"{flag} applies to raster/EAR models; {name} is a {self.model.kind} model "
-                        "whose steps are its scales"
-                    )
-            return
-        mc = self.model.config
-        if cfg.sampler != "fast":
-            raise ValueError(f"--sampler {cfg.sampler} applies to VAR/ActVAR models; {name} is a GPT model")
-        if cfg.order is not None and cfg.order != mc.order:
-            raise ValueError(
-                f"{name} was trained to generate in {mc.order!r} order; sampling it in {cfg.order!r} order "
-                "gives garbage. Leave --order out (or train a model for that order)."
-            )
-        if mc.mode == "next_token" and (cfg.schedule is not None or cfg.adaptive is not None):
-            raise ValueError(
-                f"{name} is a raster (next-token) model: it makes one token per pass, so --schedule and "
-                "--adaptive do not apply (they are for EAR models)"
-            )
-        randomized = bool(self.trained_with.get("objective", {}).get("randomize"))
-        if cfg.adaptive is not None and not randomized and self.trained_with:
-            warnings.warn(
-                f"{name} was trained on the fixed {mc.schedule!r} schedule; adaptive passes need a model "
-                "trained with objective.randomize=true (e.g. ear_any_fmnist), expect worse samples",
-                stacklevel=2,
-            )
-        if cfg.schedule is not None and cfg.schedule != mc.schedule and not randomized and self.trained_with:
-            warnings.warn(
-                f"{name} was trained on the {mc.schedule!r} schedule only; schedule {cfg.schedule!r} is an "
-                "experiment (any-schedule models are trained with objective.randomize=true)",
-                stacklevel=2,
-            )
 
     def run_record(self) -> dict[str, Any]:
         """The settings that determine the samples (what a sample folder records): model and tokenizer
@@ -177,20 +128,16 @@ class Pipeline:
 
     @property
     def num_classes(self) -> int:
-        return self._var_config().num_classes if self.family == "var" else self.model.config.num_classes
-
-    def _var_config(self) -> Any:
-        return self.model.config.var if self.model.kind == "actvar" else self.model.config
+        return self.family.config(self.model).num_classes
 
     def _check_tokenizer(self, tokenizer: nn.Module) -> None:
-        expected = "vq" if self.family == "gpt" else "msvq"
+        expected = self.family.tokenizer_kind
         if tokenizer.kind != expected:
             raise CheckpointError(
                 f"a {self.model.kind} generator needs a {expected} tokenizer, "
                 f"but {self.cfg.tokenizer} is a {tokenizer.kind} model"
             )
-        gen_vocab = self.model.config.vocab_size if self.family == "gpt" else self._var_config().vocab_size
-        tok_vocab = tokenizer.config.vocab_size
+        gen_vocab, tok_vocab = self.family.config(self.model).vocab_size, tokenizer.config.vocab_size
         if gen_vocab != tok_vocab:
             raise CheckpointError(
                 f"generator vocabulary {gen_vocab} != tokenizer codebook {tok_vocab}: "
@@ -217,36 +164,25 @@ class Pipeline:
     def cost(self, samples: Samples | None = None) -> dict[str, Any]:
         """Analytic per-image cost of one sample: forward passes, tokens processed, FLOPs (CFG included).
 
-        With adaptive EAR the schedule is chosen while sampling: give the `samples` that ran to get the mean
-        of what each image really cost (passes, tokens and FLOPs of every pass, rejected proposals included).
+        When the schedule is chosen while sampling (adaptive EAR), give the `samples` that ran to get the
+        mean of what each image really cost (passes, tokens and FLOPs of every pass, rejected proposals
+        included).
         """
+        if self.cfg.adaptive is None:
+            return self.family.cost(self.model, self.sampling, self.cfg)
+        if samples is None or not samples.shapes_each:
+            raise ValueError("an adaptive schedule's cost is known after sampling: pass the samples")
         from argen.eval import flops
 
         guided = self.sampling.guided
-        if self.cfg.adaptive is not None:
-            if samples is None or not samples.shapes_each:
-                raise ValueError("an adaptive schedule's cost is known after sampling: pass the samples")
-            each = [flops.gpt_passes_flops(self.model.config, s, guided) for s in samples.shapes_each]
-            mean = {k: sum(e[k] for e in each) / len(each) for k in ("passes", "tokens", "flops")}
-            return {
-                "steps": round(mean["passes"], 2),
-                "steps_max": max(e["passes"] for e in each),
-                "tokens": round(mean["tokens"], 1),
-                "gflops": mean["flops"] / 1e9,
-            }
-        if self.family == "gpt":
-            from argen.sampling.ar import GenerationProcess
-
-            proc = GenerationProcess.for_model(self.model, self.sampling, self.cfg.order, self.cfg.schedule)
-            out = flops.gpt_sampling_flops(self.model.config, proc.order, guided=guided)
-            return {"steps": out["passes"], "tokens": out["tokens"], "gflops": out["flops"] / 1e9}
-        vc = self._var_config()
-        rows = 2 if guided else 1
-        if self.model.kind == "actvar":
-            total = flops.actvar_sampling_flops(self.model.config, cfg=guided, adaln_per_scale=False)["total"]
-        else:
-            total = flops.var_sampling_flops(vc, cfg=guided, adaln_per_scale=False)["total"]
-        return {"steps": len(vc.patch_nums), "tokens": rows * vc.scale_bounds[-1][1], "gflops": total / 1e9}
+        each = [flops.gpt_passes_flops(self.model.config, s, guided) for s in samples.shapes_each]
+        mean = {k: sum(e[k] for e in each) / len(each) for k in ("passes", "tokens", "flops")}
+        return {
+            "steps": round(mean["passes"], 2),
+            "steps_max": max(e["passes"] for e in each),
+            "tokens": round(mean["tokens"], 1),
+            "gflops": mean["flops"] / 1e9,
+        }
 
     @torch.no_grad()
     def sample(
@@ -275,46 +211,14 @@ class Pipeline:
         size = self.cfg.batch_size
         batches = zip(labels_N.to(device).split(size), keys_N.split(size), strict=True)
         for i, (labels_B, keys_B) in enumerate(batches):
-            img_B, frames_B, passes_B, shapes_B = self._sample_batch(
-                labels_B, keys_B, sampling, frames and i == 0
+            out = self.family.sample(
+                self.model, self.tokenizer, labels_B, keys_B, sampling, self.cfg, frames and i == 0
             )
-            images.append(img_B.float().cpu())
-            shots = shots or [f.float().cpu() for f in frames_B]
-            passes += passes_B
-            shapes += shapes_B
+            images.append(out.images.float().cpu())
+            shots = shots or [f.float().cpu() for f in out.frames]
+            passes += out.passes
+            shapes += out.shapes
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
         return Samples(torch.cat(images), labels_N.cpu(), shots, seconds, max(passes), passes, shapes)
-
-    def _sample_batch(
-        self, labels_B: torch.Tensor, keys_B: torch.Tensor, sampling: SamplingConfig, frames: bool
-    ) -> tuple[torch.Tensor, list[torch.Tensor], list[int], list]:
-        """Images, frames (when asked), the passes run per image and (adaptive) each image's pass shapes."""
-        if self.family == "gpt":
-            from argen.sampling.ar import AdaptiveConfig, GenerationProcess, growth_frames, sample_adaptive
-
-            proc = GenerationProcess.for_model(self.model, sampling, self.cfg.order, self.cfg.schedule)
-            if self.cfg.adaptive is None:
-                out = proc.sample(self.model, labels_B, snapshots=frames, keys_B=keys_B)
-                passes, shapes = [out.passes] * len(labels_B), []
-            else:
-                adaptive = AdaptiveConfig(threshold=self.cfg.adaptive)
-                out = sample_adaptive(proc, self.model, labels_B, adaptive, snapshots=frames, keys_B=keys_B)
-                passes, shapes = out.passes_each, out.shapes_each
-            grid = self.model.config.grid
-            img = self.decode_tokens(out.tokens_BL.view(-1, grid, grid))
-            snapshots = [s[:FRAME_IMAGES] for s in out.snapshots]
-            shots = growth_frames(snapshots, self.decode_tokens, grid) if frames else []
-            return img, shots, passes, shapes
-        from argen.sampling.next_scale import NextScaleConfig, sample_next_scale, sample_next_scale_reference
-
-        net = self.model.sampling_view() if self.model.kind == "actvar" else self.model
-        run = sample_next_scale if self.cfg.sampler == "fast" else sample_next_scale_reference
-        out = run(net, self.tokenizer, labels_B, NextScaleConfig(sampling, progression=frames), keys_B)
-        progression = [p[:FRAME_IMAGES] for p in out.progression or []]
-        return out.images, progression, [len(out.tokens)] * len(labels_B), []
-
-    def decode_tokens(self, idx_Bhw: torch.Tensor) -> torch.Tensor:
-        """Single-scale codes -> images in [0, 1] (GPT family)."""
-        return self.tokenizer.decode_codes(idx_Bhw).add(1).div(2)
