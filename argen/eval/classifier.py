@@ -108,10 +108,10 @@ def build_classifier(model: dict[str, Any] | None = None) -> Classifier:
 
 def load_default_classifier(path: str | Path | None = None, device: torch.device | str = "cpu") -> Classifier:
     """The shipped Fashion-MNIST classifier (argen/assets/classifier_fmnist) or an argen file at `path`."""
-    from argen.models.checkpoints import load_model
+    from argen.models.checkpoints import load_model, model_files
 
     path = Path(path) if path is not None else ASSET
-    if not path.with_suffix(".safetensors").is_file():
+    if not model_files(path)[0].is_file():
         raise FileNotFoundError(
             f"classifier file {path} not found; train one with scripts/train_classifier.py"
         )

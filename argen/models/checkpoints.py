@@ -21,8 +21,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import argen
-from argen.io import atomic_write_text
 from argen.config import from_dict, to_dict
+from argen.io import atomic_write_text
 
 
 class CheckpointError(ValueError):
@@ -79,20 +79,29 @@ def save_model(
     trained_with: facts about the training run kept in the JSON (tokenizer fingerprint, objective options).
     """
     path = Path(path).with_suffix(".safetensors")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    write_model_files(model, path, path.with_suffix(".json"), dtype, trained_with)
+    return path
+
+
+def write_model_files(
+    model: nn.Module, weights: Path, config: Path, dtype: torch.dtype | None, trained_with: dict | None
+) -> dict[str, Any]:
+    """Write the weights and the JSON config of `model` to the given paths (atomically); returns the
+    config written. `save_model` (NAME.safetensors + NAME.json) and `save_pretrained` (a folder) use it."""
+    weights.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to(dtype or v.dtype).contiguous().cpu() for k, v in model.state_dict().items()}
     meta = {"kind": model.kind, "config": to_dict(model.config), "argen_version": argen.__version__}
     if trained_with:
         meta["trained_with"] = trained_with
-    tmp = path.with_suffix(".safetensors.tmp")
+    tmp = weights.with_suffix(".safetensors.tmp")
     try:
         save_file(state, str(tmp), metadata={"argen": json.dumps(meta)})
         os.chmod(tmp, 0o666 & ~_umask())  # safetensors writes 0600; a model file is as shareable as its JSON
-        tmp.replace(path)
+        tmp.replace(weights)
     finally:
         tmp.unlink(missing_ok=True)  # a failed write (disk full) leaves no partial file behind
-    atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2) + "\n")
-    return path
+    atomic_write_text(config, json.dumps(meta, indent=2) + "\n")
+    return meta
 
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -111,17 +120,30 @@ def resolve_model_path(path: str | Path) -> Path:
     return path
 
 
+# A model folder (Hugging Face layout, written by `argen.models.pretrained.save_pretrained`).
+FOLDER_WEIGHTS, FOLDER_CONFIG = "model.safetensors", "config.json"
+
+
+def model_files(path: str | Path) -> tuple[Path, Path]:
+    """(weights, JSON config) of a model: `NAME[.safetensors]` (+ `NAME.json`), a folder holding
+    `model.safetensors` + `config.json` (or + `model.json`: a training run's output folder, whose
+    config.json is the run's config), or a shipped model's name."""
+    path = resolve_model_path(path)
+    if path.is_dir():
+        weights = path / FOLDER_WEIGHTS
+        run_export = weights.with_suffix(".json")
+        return weights, run_export if run_export.is_file() else path / FOLDER_CONFIG
+    weights = path if path.suffix == ".safetensors" else path.with_suffix(".safetensors")
+    return weights, weights.with_suffix(".json")
+
+
 def file_digest(path: str | Path) -> str:
     """sha256 (first 16 hex digits) of a model's weights file: identifies exactly what sampled."""
     import hashlib
 
-    path = resolve_model_path(path)
-    if path.is_dir():
-        path = path / "model.safetensors"
-    elif path.suffix != ".safetensors":
-        path = path.with_suffix(".safetensors")
+    weights, _ = model_files(path)
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open(weights, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 24), b""):
             digest.update(chunk)
     return digest.hexdigest()[:16]
@@ -134,14 +156,24 @@ def _umask() -> int:
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:
-    path = resolve_model_path(path)
-    meta_path = path.with_suffix(".json")
+    _, meta_path = model_files(path)
     if not meta_path.is_file():
-        raise CheckpointError(f"{meta_path} not found: argen model files are NAME.safetensors + NAME.json")
+        layout = (
+            "a model folder holds model.safetensors + config.json"
+            if meta_path.parent.is_dir() and meta_path.name == FOLDER_CONFIG
+            else "argen model files are NAME.safetensors + NAME.json"
+        )
+        raise CheckpointError(f"{meta_path} not found: {layout}")
     try:
-        return json.loads(meta_path.read_text())
+        meta = json.loads(meta_path.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{meta_path} is not valid JSON ({e}); re-export the model") from e
+    if not isinstance(meta, dict) or "kind" not in meta or not isinstance(meta.get("config"), dict):
+        raise CheckpointError(
+            f'{meta_path} is not an argen model config (it needs "kind" and a "config" object); '
+            "write the model with save_model / save_pretrained"
+        )
+    return meta
 
 
 def load_model(
@@ -150,28 +182,30 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     expect: tuple[str, ...] | None = None,
 ) -> nn.Module:
-    """Build and load an argen model file (any registered kind, or a shipped model's name), in eval mode.
+    """Build and load an argen model (any registered kind) in eval mode: a model file, a model folder
+    (`model.safetensors` + `config.json`, see `argen.models.pretrained`) or a shipped model's name.
 
     expect: the kinds the caller can use (e.g. ("vq", "msvq")); another kind is a CheckpointError that
     says what the file is.
     """
-    path = resolve_model_path(path)
+    weights, _ = model_files(path)
     if expect is not None:
-        kind = read_meta(path if path.suffix == ".safetensors" else path.with_suffix(".safetensors")).get("kind")
+        kind = read_meta(path).get("kind")
         if kind not in expect:
             raise CheckpointError(f"{path} is a {kind} model; this needs a {' or '.join(expect)} model")
-    if path.suffix != ".safetensors":
-        path = path.with_suffix(".safetensors")
-    if not path.is_file():
-        raise CheckpointError(f"model file {path} not found")
+    if not weights.is_file():
+        raise CheckpointError(f"model file {weights} not found")
     meta = read_meta(path)
     kinds = _kinds()
     if meta.get("kind") not in kinds:
-        raise CheckpointError(f"{path}: unknown model kind {meta.get('kind')!r}; known: {sorted(kinds)}")
+        raise CheckpointError(f"{weights}: unknown model kind {meta.get('kind')!r}; known: {sorted(kinds)}")
     config_cls, model_cls = kinds[meta["kind"]]
-    model = model_cls(from_dict(config_cls, meta["config"]))
-    state = read_safetensors(path)
-    load_strict(model, state, source=str(path))
+    try:
+        model = model_cls(from_dict(config_cls, meta["config"]))
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"the config of {weights} does not build a {meta['kind']} model: {e}") from e
+    state = read_safetensors(weights)
+    load_strict(model, state, source=str(weights))
     return model.to(device=device, dtype=dtype).eval()
 
 

@@ -31,7 +31,13 @@ from argen.distributed import (
     wrap_model,
 )
 from argen.io import atomic_write_text
-from argen.models.checkpoints import CheckpointError, load_strict, read_safetensors, save_model
+from argen.models.checkpoints import (
+    CheckpointError,
+    load_strict,
+    model_files,
+    read_safetensors,
+    save_model,
+)
 from argen.training import checkpoint as ckpt
 from argen.training.ema import EMA
 from argen.training.optim import build_optimizer, build_scheduler
@@ -178,9 +184,12 @@ def _build(cfg: TrainConfig, info: DistInfo) -> _Run:
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     module = task.build_model(cfg.model)
     if cfg.init:
-        if not Path(cfg.init).is_file():
-            raise CheckpointError(f"init={cfg.init!r}: no such model file (give an argen .safetensors file)")
-        load_strict(module, read_safetensors(cfg.init), source=cfg.init)
+        weights, _ = model_files(cfg.init)
+        if not weights.is_file():
+            raise CheckpointError(
+                f"init={cfg.init!r}: no such model file (give an argen .safetensors file or model folder)"
+            )
+        load_strict(module, read_safetensors(weights), source=str(weights))
     module = module.to(info.device)
     model = wrap_model(module, cfg.strategy, info.device)
     optimizer = build_optimizer(module, cfg.optim)
