@@ -64,6 +64,16 @@ def test_bf16_folder_keeps_bf16_weights(tmp_path: Path) -> None:
     _same(load_model("vq_fmnist"), from_pretrained(folder))
 
 
+def test_bf16_save_keeps_integer_buffers_exact(tmp_path: Path) -> None:
+    """ActVAR's expert permutation (0..511) is an integer buffer: bf16 would round 257 to 256."""
+    model = load_model("actvar_fmnist")
+    perm_H = torch.randperm(512)
+    model.var.blocks[0].ffn.perm_H.copy_(perm_H)
+    back = from_pretrained(save_pretrained(model, tmp_path / "actvar", dtype=torch.bfloat16))
+    assert back.var.blocks[0].ffn.perm_H.dtype == torch.int64
+    assert torch.equal(back.var.blocks[0].ffn.perm_H, perm_H)
+
+
 def test_folder_config_is_the_model_file_json(ear_folder: Path) -> None:
     config = json.loads((ear_folder / "config.json").read_text())
     assert config == read_meta("ear_any_fmnist")

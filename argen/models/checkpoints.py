@@ -89,7 +89,11 @@ def write_model_files(
     """Write the weights and the JSON config of `model` to the given paths (atomically); returns the
     config written. `save_model` (NAME.safetensors + NAME.json) and `save_pretrained` (a folder) use it."""
     weights.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to(dtype or v.dtype).contiguous().cpu() for k, v in model.state_dict().items()}
+    # dtype applies to float tensors only: integer buffers (ActVAR's expert permutation) must stay exact
+    state = {
+        k: v.detach().to(dtype if dtype and v.is_floating_point() else v.dtype).contiguous().cpu()
+        for k, v in model.state_dict().items()
+    }
     meta = {"kind": model.kind, "config": to_dict(model.config), "argen_version": argen.__version__}
     if trained_with:
         meta["trained_with"] = trained_with

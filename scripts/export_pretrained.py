@@ -1,0 +1,82 @@
+"""Write the shipped models as model folders (config.json + model.safetensors + model card).
+
+python scripts/export_pretrained.py [--out out/pretrained] [NAME ...]     (default: every shipped model)
+
+The weights keep their shipped dtype (the same tensors, bit for bit); the card carries the training config
+file and the measured FID / class accuracy / CPU speed from results/fmnist/. Each folder loads with
+`from_pretrained(folder)` and is accepted by every `--model` / `--tokenizer` flag; it can be uploaded to the
+Hugging Face Hub as is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from argen.models.checkpoints import ASSETS, load_model, model_files, read_meta, read_safetensors
+from argen.models.pretrained import save_pretrained
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "results" / "fmnist"
+# shipped name -> (training config, results name, setting the numbers were measured at)
+PROVENANCE = {
+    "vq_fmnist": ("configs/vq_fmnist.json", None, ""),
+    "msvq_fmnist": ("configs/msvq_fmnist.json", None, ""),
+    "raster_fmnist": ("configs/raster_fmnist_cpu.json", "raster", "256 passes"),
+    "ear_fmnist": ("configs/ear_fmnist_cpu.json", "ear31", "31 passes"),
+    "ear_any_fmnist": ("configs/ear_any_fmnist_cpu.json", "ear_any8", "8 passes"),
+    "var_fmnist": ("configs/var_fmnist_cpu.json", "var", "5 scales"),
+    "actvar_fmnist": ("configs/actvar_fmnist_cpu.json", "actvar", "5 scales"),
+    "actvar_fast_fmnist": ("configs/actvar_fast_fmnist_cpu.json", "actvar_fast", "5 scales"),
+    "actvar_tokens_fmnist": ("configs/actvar_tokens_fmnist_cpu.json", "actvar_tokens", "5 scales"),
+    "actvar_experts_fmnist": ("configs/actvar_experts_fmnist_cpu.json", "actvar_experts", "5 scales"),
+    "classifier_fmnist": ("scripts/train_classifier.py", None, ""),
+}
+
+
+def numbers(result: str | None, setting: str) -> dict[str, object]:
+    """FID/KID/class accuracy (N=1000 vs the train split) and CPU speed, where they were measured."""
+    out: dict[str, object] = {}
+    if result is None:
+        return out
+    ev, bench = RESULTS / f"{result}.eval.json", RESULTS / f"{result}.bench.json"
+    if ev.is_file():
+        report = json.loads(ev.read_text())
+        out[f"FID, N={report['n']}, {setting}"] = report["fid"]
+        out["KID"] = report["kid_mean"]
+        out["class accuracy (argen classifier)"] = report["class_accuracy"]
+        out["FID floor (real test images)"] = report["floor"]["fid"]
+    if bench.is_file():
+        report = json.loads(bench.read_text())
+        out[f"images/s, {report['device']}, {report['threads']} thread"] = report["img_per_s"]
+        out["latency, batch 1 (s)"] = report["latency_batch1_s"]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("names", nargs="*", default=sorted(PROVENANCE), help="shipped model names")
+    parser.add_argument("--out", default="out/pretrained", help="parent folder of the model folders")
+    args = parser.parse_args()
+    for name in args.names:
+        if name not in PROVENANCE:
+            raise SystemExit(f"unknown shipped model {name!r}; known: {sorted(PROVENANCE)}")
+        config, result, setting = PROVENANCE[name]
+        description = (
+            f"Trained by argen on Fashion-MNIST (32x32) on a 2-core CPU; training config `{config}` in the "
+            "argen repository."
+        )
+        stored = next(iter(read_safetensors(model_files(ASSETS / name)[0]).values())).dtype
+        folder = save_pretrained(
+            load_model(ASSETS / name, dtype=stored),
+            Path(args.out) / name,
+            trained_with=read_meta(ASSETS / name).get("trained_with"),
+            description=description,
+            numbers=numbers(result, setting),
+        )
+        print(folder)
+
+
+if __name__ == "__main__":
+    main()
