@@ -3,9 +3,10 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.argen-installed
+APP_STAMP := $(VENV)/.argen-app-installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: setup demo test test-slow lint data
+.PHONY: setup setup-app demo test test-ci test-slow lint data
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,10 +24,26 @@ data:
 
 setup: $(STAMP) data
 
+# The app extra (Gradio) and what its browser test drives: selenium + Debian's chromium and chromium-driver
+# (installed when root; otherwise install them yourself or the browser test is skipped).
+$(APP_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[dev,app]" selenium==4.51.0
+	@if [ ! -x /usr/bin/chromedriver ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	elif [ ! -x /usr/bin/chromedriver ]; then \
+		echo "note: no /usr/bin/chromedriver: apt-get install chromium chromium-driver to run the browser test"; fi
+	touch $(APP_STAMP)
+
+setup-app: setup $(APP_STAMP)
+
 demo: setup
 	$(BIN)/argen demo --out out/demo
 
 test: setup
+	$(BIN)/python -m pytest
+
+# What CI runs (.ci/run): the suite with the app and its browser test.
+test-ci: setup-app
 	$(BIN)/python -m pytest
 
 test-slow: setup

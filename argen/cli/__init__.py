@@ -12,6 +12,7 @@ argen convert --official var_d16.pth --kind var --preset d16 --out var_d16
 argen plot results/*.json --out plot.png
 argen demo --out out/demo
 argen presets [task]; argen fields train|distill|eval|model:<task>
+argen app [--port 7860]   (web page; needs pip install -e .[app])
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-from argen.cli import evaluate, info, models, sample, train
+from argen.cli import app, evaluate, info, models, sample, train
 from argen.cli.common import positive_int
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
@@ -32,6 +33,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     evaluate.add_evaluation,
     models.add_models,
     info.add_info,
+    app.add_app,
 ]
 
 

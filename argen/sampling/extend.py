@@ -48,8 +48,12 @@ def centre_box(order: Any, k: int) -> tuple[int, int]:
     return int(order.rows_L[: k * k].min()), int(order.cols_L[: k * k].min())
 
 
-def extend_images(cfg: ExtendConfig, out: Path) -> dict[str, Any]:
-    """Run extension/inpainting and write `extend.png` (rows: original | kept centre | generated)."""
+def extend_images(cfg: ExtendConfig, out: Path, pipe: Any = None) -> dict[str, Any]:
+    """Run extension/inpainting and write `extend.png` (rows: original | kept centre | generated).
+
+    pipe: an already loaded `Pipeline` of cfg.model and cfg.tokenizer (the app keeps its models loaded);
+    None loads them.
+    """
     from argen.config import DataConfig
     from argen.data import build_image_dataset
     from argen.orders import build_order
@@ -57,7 +61,7 @@ def extend_images(cfg: ExtendConfig, out: Path) -> dict[str, Any]:
     from argen.sampling.images import save_grid
     from argen.sampling.pipeline import GenerateConfig, Pipeline
 
-    pipe = Pipeline.load(GenerateConfig(model=cfg.model, tokenizer=cfg.tokenizer, device=cfg.device))
+    pipe = pipe or Pipeline.load(GenerateConfig(model=cfg.model, tokenizer=cfg.tokenizer, device=cfg.device))
     if getattr(pipe.model.config, "order", None) != "spiral":
         raise ValueError("extension needs a spiral (EAR) GPT model")
     model, n = pipe.model, pipe.model.config.grid

@@ -1,0 +1,125 @@
+"""What the app runs (argen.apps.store, no Gradio needed): requests over the shipped models return images
+and the numbers of the run; inputs the models cannot run are ValueErrors with what to do."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from argen.apps import store as st
+from argen.models.checkpoints import load_model
+from argen.models.pretrained import save_pretrained
+
+
+@pytest.fixture(scope="module")
+def store() -> st.ModelStore:
+    return st.ModelStore(st.AppConfig(preload=False))
+
+
+def test_store_offers_the_shipped_generators_with_their_tokenizers(store: st.ModelStore) -> None:
+    assert {"ear_fmnist", "ear_any_fmnist", "raster_fmnist", "var_fmnist", "actvar_fmnist"} <= set(
+        store.generators
+    )
+    assert store.tokenizers == ["msvq_fmnist", "vq_fmnist"]
+    assert store.tokenizer_for("ear_any_fmnist") == "vq_fmnist"
+    assert store.tokenizer_for("actvar_fast_fmnist") == "msvq_fmnist"
+    assert store.default == "ear_any_fmnist"
+    assert store.defaults("ear_any_fmnist") == (8, 2.0)  # any-schedule EAR starts at 8 passes
+    assert store.defaults("ear_fmnist") == (0, 2.0)  # trained on its own 31-pass schedule
+    assert store.defaults("var_fmnist") == (0, 1.5)
+    assert ("raster_fmnist (raster)", "raster_fmnist") in st.describe(store, store.generators)
+
+
+def test_ear_request_returns_grid_growth_and_costs(store: st.ModelStore) -> None:
+    result = st.sample(store, "ear_any_fmnist", "0,7", per_class=2, passes=4, seed=3)
+    grid, gif = Image.open(result.grid), Image.open(result.frames)
+    assert grid.size == (3 * (2 * 34 + 2), 3 * (2 * 34 + 2))  # 2 classes x 2 draws, 32 px + 2 px pad, x3
+    assert gif.n_frames == 4 and gif.size == (3 * (2 * 34 + 2), 3 * 36)  # a frame per pass, a row
+    stats = result.stats
+    assert (stats["model"], stats["images"], stats["passes"], stats["seed"]) == ("ear_any_fmnist", 4, 4, 3)
+    assert stats["gflops_per_image"] == pytest.approx(
+        store.pipeline("ear_any_fmnist", 4).cost()["gflops"], 1e-3
+    )
+    assert stats["cfg_scale"] == 2.0 and stats["sampling_s"] > 0 and result.warnings == []
+    again = st.sample(store, "ear_any_fmnist", "0,7", per_class=2, passes=4, seed=3)
+    assert torch.equal(_pixels(result.grid), _pixels(again.grid))  # same seed, same images
+    other = st.sample(store, "ear_any_fmnist", "0,7", per_class=2, passes=4, seed=4)
+    assert not torch.equal(_pixels(result.grid), _pixels(other.grid))
+
+
+def test_var_request_returns_a_scale_strip(store: st.ModelStore) -> None:
+    result = st.sample(store, "var_fmnist", "1", per_class=1, seed=0)
+    scales = len(store.model("var_fmnist").config.patch_nums)
+    assert result.stats["passes"] == scales and result.stats["cfg_scale"] == 1.5
+    assert Image.open(result.frames).size == (
+        3 * (scales * 34 + 2),
+        3 * 36,
+    )  # one image, one column per scale
+
+
+def test_fixed_schedule_ear_at_other_passes_warns(store: st.ModelStore) -> None:
+    result = st.sample(store, "ear_fmnist", "2", passes=8, frames=False)
+    assert result.frames is None and result.stats["passes"] == 8
+    assert "trained on the 'sides' schedule only" in result.warnings[0]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"classes": "42"}, r"class id\(s\) \[42\] out of range: this model has classes 0..9"),
+        ({"classes": "shoe"}, "comma-separated class ids"),
+        ({"per_class": 2.5}, "images per class must be a whole number in 1..16"),
+        ({"per_class": 0}, "images per class must be a whole number"),
+        ({"passes": -1}, "passes must be a whole number in 0..256"),
+        ({"temperature": 0.0}, "temperature must be > 0"),
+        ({"cfg_scale": -1.0}, "CFG scale must be >= 0"),
+        ({"name": "var_fmnist", "passes": 8}, "passes apply to EAR models; var_fmnist is a var model"),
+        ({"name": "nope"}, "unknown model 'nope'"),
+    ],
+)
+def test_bad_inputs_are_explained(store: st.ModelStore, kwargs: dict, message: str) -> None:
+    args = {"name": "ear_any_fmnist", "classes": "0", "passes": 4, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        st.sample(store, **args)
+
+
+def test_extend_uses_the_loaded_ear(store: st.ModelStore) -> None:
+    image, report = st.extend(store, "ear_fmnist", "0,1", centre=8, canvas=20)
+    assert report["mode"] == "extension" and report["canvas_tokens"] == 20
+    assert Image.open(image).size == (3 * (3 * (40 + 2) + 2), 3 * (2 * (40 + 2) + 2))  # 20 tokens = 40 px
+    with pytest.raises(ValueError, match="not an EAR"):
+        st.extend(store, "var_fmnist")
+    with pytest.raises(ValueError, match="test-set indices"):
+        st.extend(store, "ear_fmnist", "first")
+
+
+def test_local_folder_models_are_offered(tmp_path) -> None:
+    folder = save_pretrained(load_model("ear_any_fmnist"), tmp_path / "my_ear")
+    local = st.ModelStore(st.AppConfig(models=[str(folder)], preload=False))
+    assert str(folder) in local.generators and local.tokenizer_for(str(folder)) == "vq_fmnist"
+    assert st.sample(local, str(folder), "5", passes=4).stats["images"] == 1
+    with pytest.raises(ValueError, match="is a vq model, not a generator"):
+        st.ModelStore(st.AppConfig(models=["vq_fmnist"], preload=False))
+
+
+def test_page_builds_without_serving(store: st.ModelStore) -> None:
+    pytest.importorskip("gradio")
+    from argen.apps.app import build_app
+
+    page = build_app(store)
+    assert page.title == "argen"
+
+
+def _pixels(path: str) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(Image.open(path).convert("L")).copy())
+
+
+def test_core_and_cli_do_not_import_gradio() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, argen.cli, argen.sampling.pipeline, argen.apps.store; print('gradio' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
