@@ -110,10 +110,22 @@ def generate_flags(
         help="VAR: fast (static cache) | reference (no cache)",
     )
     p.add_argument(
-        "--adaptive", type=probability, help="EAR: confidence threshold in (0, 1) of adaptive passes"
+        "--adaptive",
+        type=probability,
+        nargs="?",
+        const=-1.0,
+        metavar="THRESHOLD",
+        help="EAR: confidence-adaptive passes; the threshold in (0, 1) (bare --adaptive: the default, "
+        "chosen by scripts/adaptive_fmnist.sh)",
     )
     p.add_argument("--batch-size", type=positive_int, default=32, help="images per forward batch")
     p.add_argument("--device", type=device, default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", "bf16", "fp32"),
+        help="model dtype; auto = bf16 where this device's bf16 matmuls beat fp32 (see argen peak)",
+    )
 
 
 def pipeline(args: argparse.Namespace) -> Any:
@@ -133,7 +145,8 @@ def pipeline(args: argparse.Namespace) -> Any:
         batch_size=args.batch_size,
         device=args.device,
         sampler=args.sampler,
-        adaptive=args.adaptive,
+        adaptive=_adaptive_threshold(args.adaptive),
+        dtype=args.dtype,
     )
     return Pipeline.load(cfg)
 
@@ -149,6 +162,14 @@ def output_folder(folder: str, marker: str, overwrite: bool) -> Path:
             f"{out} holds an earlier run ({marker}); use another --out, or --overwrite to replace it"
         )
     return out
+
+
+def _adaptive_threshold(value: float | None) -> float | None:
+    if value is None or value >= 0:
+        return value
+    from argen.sampling.ar import AdaptiveConfig
+
+    return AdaptiveConfig().threshold  # bare --adaptive
 
 
 def class_labels(pipe: Any, classes: list[int] | None, per_class: int) -> Any:
