@@ -85,3 +85,11 @@ def test_quality_speed_plot(tmp_path):
     assert lookup({"a": {"b": 2}}, "a.b") == 2 and lookup({"a": 1}, "a.b") is None
     with pytest.raises(ValueError, match="img_per_s"):
         plot_quality_speed([{"fid": 1.0}], tmp_path / "x.png")
+
+
+def test_bench_with_a_dtype_reports_its_peak_and_mfu() -> None:
+    sample, _ = _sleepy_sampler(0.01, 0.0)
+    cfg = BenchConfig(batch_sizes=(2,), warmup=0, repeats=1, device="cpu")
+    res = run_bench(cfg, sample, {"flops_per_image": 1e8}, dtype=torch.float32)
+    assert res["dtype"] == "fp32" and res["peak_flops_per_s"] > 1e8
+    assert res["mfu"] == pytest.approx(res["achieved_flops_per_s"] / res["peak_flops_per_s"])

@@ -8,6 +8,7 @@ argen extend --model M --tokenizer T --centre 8 --canvas 24
 argen eval --samples S.npz | --model M --tokenizer T --n 1000
 argen bench --model M --tokenizer T [--batch-sizes 1,64]
 argen flops --model M
+argen peak [--dtypes fp32,bf16]
 argen convert --official var_d16.pth --kind var --preset d16 --out var_d16
 argen plot results/*.json --out plot.png
 argen demo --out out/demo
@@ -24,7 +25,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-from argen.cli import app, evaluate, info, models, sample, train
+from argen.cli import app, evaluate, info, models, peak, sample, train
 from argen.cli.common import positive_int
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
@@ -34,6 +35,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     models.add_models,
     info.add_info,
     app.add_app,
+    peak.add_peak,
 ]
 
 

@@ -63,7 +63,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         "flops_per_image": cost["gflops"] * 1e9,
         "sampling": to_dict(pipe.sampling),
     }
-    print_json(run_bench(cfg, sample_fn, meta))
+    print_json(run_bench(cfg, sample_fn, meta, dtype=next(pipe.model.parameters()).dtype))
 
 
 def cmd_flops(args: argparse.Namespace) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
 import threading
 import time
@@ -21,6 +20,7 @@ from typing import Any
 
 import torch
 
+from argen.eval.peak import device_name, dtype_name, measure_peak
 from argen.io import atomic_write_text
 
 
@@ -118,12 +118,6 @@ def bench_batch(
     return {"batch_size": batch_size, "median_s": med, "img_per_s": batch_size / med, "times_s": times, **mem}
 
 
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{device.type} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
-
-
 def bench_sampler(
     sample_fn: Callable[[int], Any],
     batch_sizes: Sequence[int] = (1, 8, 32),
@@ -142,13 +136,14 @@ def bench_sampler(
     Returns:
         {"device", "torch", "host", "per_batch": [...], "latency_batch1_s", "img_per_s" (best over batch
         sizes), "best_batch_size", "peak_mem_bytes", plus `meta`; with `flops_per_image` in meta also
-        "achieved_flops_per_s" at the best throughput}.
+        "achieved_flops_per_s" at the best throughput, and with `peak_flops_per_s` too "mfu" (achieved /
+        peak)}.
     """
     device = torch.device(device)
     rows = [bench_batch(sample_fn, bs, warmup, repeats, device) for bs in batch_sizes]
     best = max(rows, key=lambda r: r["img_per_s"])
     out: dict[str, Any] = {
-        "device": _device_name(device),
+        "device": device_name(device),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "warmup": warmup,
@@ -163,14 +158,29 @@ def bench_sampler(
     out.update(meta or {})
     if (meta or {}).get("flops_per_image"):
         out["achieved_flops_per_s"] = meta["flops_per_image"] * best["img_per_s"]
+        if meta.get("peak_flops_per_s"):
+            out["mfu"] = out["achieved_flops_per_s"] / meta["peak_flops_per_s"]
     return out
 
 
 def run_bench(
-    cfg: BenchConfig, sample_fn: Callable[[int], Any], meta: dict[str, Any] | None = None
+    cfg: BenchConfig,
+    sample_fn: Callable[[int], Any],
+    meta: dict[str, Any] | None = None,
+    dtype: torch.dtype | None = None,
 ) -> dict[str, Any]:
-    """`bench_sampler` from a BenchConfig; writes the JSON to `cfg.out` when set."""
-    res = bench_sampler(sample_fn, cfg.batch_sizes, cfg.warmup, cfg.repeats, cfg.resolved_device(), meta)
+    """`bench_sampler` from a BenchConfig; writes the JSON to `cfg.out` when set.
+
+    With the sampler's `dtype`, this machine's matmul peak in that dtype is measured first (see
+    `argen.eval.peak`) and the report gains "dtype", "peak_flops_per_s" and "mfu".
+    """
+    device = cfg.resolved_device()
+    meta = dict(meta or {})
+    if dtype is not None:
+        name = dtype_name(dtype)
+        meta["dtype"] = name
+        meta["peak_flops_per_s"] = measure_peak(device, [name])["dtypes"][name]["peak_flops_per_s"]
+    res = bench_sampler(sample_fn, cfg.batch_sizes, cfg.warmup, cfg.repeats, device, meta)
     if cfg.out is not None:
         Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(cfg.out, json.dumps(res, indent=2) + "\n")

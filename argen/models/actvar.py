@@ -26,7 +26,7 @@ from argen.models.var import MAX_LOG_SCALE, VAR, VARConfig
 from argen.models.var import PRESETS as VAR_PRESETS
 from argen.nn.attention import attention
 from argen.nn.masks import group_mask
-from argen.nn.moe import MoEConfig, MoEFFN
+from argen.nn.moe import MoEConfig, MoEFFN, fp32_linear
 
 
 @dataclass
@@ -136,7 +136,7 @@ class TokenSelector(nn.Module):
 
     def score(self, h_BLC: torch.Tensor) -> torch.Tensor:
         """(B, L) gate logits from the modulated attention input."""
-        return self.gate(h_BLC).squeeze(-1)
+        return fp32_linear(self.gate, h_BLC).squeeze(-1)
 
     def reconstruct(self, h_BLC: torch.Tensor, gamma_B1C: torch.Tensor) -> torch.Tensor:
         """(B, L, C) residual update of skipped tokens; gamma_B1C = the block's gamma1 + gamma2."""
@@ -305,7 +305,7 @@ class ActVAR(nn.Module):
         if trace is not None:
             k = k_Bn if isinstance(k_Bn, torch.Tensor) else self.config.num_experts if k_Bn is None else k_Bn
             k = k if isinstance(k, torch.Tensor) else torch.full(h_BnC.shape[:2], k, device=h_BnC.device)
-            trace["router"].append((block.ffn.router(h_BnC), k))
+            trace["router"].append((block.ffn.router_logits(h_BnC), k))
         return block.ffn(h_BnC, k_Bn).mul(gamma2)
 
     def _block(
@@ -333,7 +333,7 @@ class ActVAR(nn.Module):
             trace["gate"].append((score_BL, rho_L))
         idx_BnC = keep_Bn[..., None].expand(-1, -1, x_BLC.shape[-1])
         q_ids_n = self.var.scale_ids(x_BLC.device)[seg.begin : seg.end][keep_Bn[0]]
-        ste_Bn1 = _ste(torch.gather(score_BL, 1, keep_Bn))[..., None] if self.config.straight_through else 1.0
+        ste_Bn1 = _ste(torch.gather(score_BL, 1, keep_Bn))[..., None].to(x_BLC.dtype) if self.config.straight_through else 1.0
         x_BnC = torch.gather(x_BLC, 1, idx_BnC)
         x_BnC = x_BnC + self._sparse_attn(block, h_BLC, keep_Bn, q_ids_n, seg).mul(gamma1) * ste_Bn1
         k_Bn = torch.gather(k_BL, 1, keep_Bn) if isinstance(k_BL, torch.Tensor) else k_BL
@@ -367,7 +367,7 @@ class ActVAR(nn.Module):
         x_BLC = torch.cat(
             (
                 var.first_scale_input(cond_BD, lvl_pos_1LC),
-                var.word_embed(var_input_BLCv.float()) + lvl_pos_1LC[:, vc.scale_sizes[0] : length],
+                var.word_embed(var_input_BLCv.to(var.word_embed.weight.dtype)) + lvl_pos_1LC[:, vc.scale_sizes[0] : length],
             ),
             1,
         )

@@ -19,6 +19,14 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def fp32_linear(layer: nn.Linear, x_NC: torch.Tensor) -> torch.Tensor:
+    """`layer(x)` computed in fp32 (also under autocast): for the few outputs that pick experts or tokens,
+    where bf16 rounding would flip top-k choices; costs width x outputs per token."""
+    bias = None if layer.bias is None else layer.bias.float()
+    with torch.autocast(x_NC.device.type, enabled=False):
+        return F.linear(x_NC.float(), layer.weight.float(), bias)
+
+
 @dataclass
 class MoEConfig:
     """Shape of an FFN seen as experts.
@@ -247,6 +255,10 @@ class MoEFFN(nn.Module):
         w2_EMC = self.fc2.weight.view(c, e, m).permute(1, 2, 0)
         return self.fc1.weight.view(e, m, c), self.fc1.bias.view(e, m), w2_EMC
 
+    def router_logits(self, x_NC: torch.Tensor) -> torch.Tensor:
+        """(..., E) router logits, in fp32 whatever the model dtype (top-k picks need them exact)."""
+        return fp32_linear(self.router, x_NC)
+
     def route(
         self, x_NC: torch.Tensor, k_N: torch.Tensor | int
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -255,7 +267,7 @@ class MoEFFN(nn.Module):
         Returns:
             tok_A, exp_A, weight_A (the assignments) and the router logits (N, E).
         """
-        logits_NE = self.router(x_NC)
+        logits_NE = self.router_logits(x_NC)
         k_max = k_N if isinstance(k_N, int) else int(k_N.max())
         top_NK = torch.topk(logits_NE, k_max, dim=1, sorted=True).indices
         tok_NK = torch.arange(x_NC.shape[0], device=x_NC.device)[:, None].expand_as(top_NK)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from argen.distributed import resolve_device
+from argen.eval.peak import resolve_dtype
 from argen.models.checkpoints import (
     CheckpointError,
     file_digest,
@@ -42,6 +43,8 @@ class GenerateConfig:
     sampler: VAR family: "fast" (static KV cache) or "reference" (no cache; the benchmark baseline).
     adaptive: EAR only: confidence threshold of the adaptive schedule (passes chosen while sampling, for
         models trained with randomised partitions); None = the fixed schedule.
+    dtype: "auto" (bf16 where the device's bf16 matmuls beat fp32, detected by `argen.eval.peak`), "bf16"
+        or "fp32": the model and tokenizer are cast to it; logits, softmax and sampling stay fp32.
     """
 
     model: str = ""
@@ -53,8 +56,11 @@ class GenerateConfig:
     device: str = "auto"
     sampler: str = "fast"
     adaptive: float | None = None
+    dtype: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.dtype not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"dtype must be auto, bf16 or fp32, got {self.dtype!r}")
         if self.sampler not in ("fast", "reference"):
             raise ValueError(f"sampler must be 'fast' or 'reference', got {self.sampler!r}")
         if not self.model:
@@ -107,6 +113,8 @@ class Pipeline:
         model = load_model(cfg.model, device)
         family_of(model, cfg.model)  # before loading a tokenizer for something that is not a generator
         tokenizer = load_model(cfg.tokenizer, device) if cfg.tokenizer else None
+        dtype = resolve_dtype(cfg.dtype, device)
+        model, tokenizer = model.to(dtype), tokenizer.to(dtype) if tokenizer is not None else None
         return cls(model, tokenizer, cfg, read_meta(resolve_model_path(cfg.model)).get("trained_with"))
 
     def run_record(self) -> dict[str, Any]:

@@ -117,7 +117,8 @@ def teacher_signals(
     x_BLC = torch.cat(
         (
             var.first_scale_input(cond_BD, lvl_pos_1LC),
-            var.word_embed(var_input_BLCv.float()) + lvl_pos_1LC[:, cfg.scale_sizes[0] : length],
+            var.word_embed(var_input_BLCv.to(var.word_embed.weight.dtype))
+            + lvl_pos_1LC[:, cfg.scale_sizes[0] : length],
         ),
         1,
     )
@@ -176,7 +177,7 @@ def stage1_losses(
             h_NC = sig["h_ffn"][:, routed_L].reshape(-1, acfg.var.dim)
             with torch.no_grad():
                 target_NE = (block.ffn.expert_norms(h_NC).clamp_min(1e-8).log() / cfg.router_tau).softmax(-1)
-            logits_NE = block.ffn.router(h_NC)
+            logits_NE = block.ffn.router_logits(h_NC)
             # KL(target || router): zero when the router ranks and weighs experts like the teacher's norms
             kl_N = (target_NE * (target_NE.clamp_min(1e-12).log() - logits_NE.log_softmax(-1))).sum(-1)
             terms["router"].append(kl_N.mean())
