@@ -2,10 +2,10 @@
 
 python scripts/export_pretrained.py [--out out/pretrained] [NAME ...]     (default: every shipped model)
 
-The weights keep their shipped dtype (the same tensors, bit for bit); the card carries the training config
-file and the measured FID / class accuracy / CPU speed from results/fmnist/. Each folder loads with
-`from_pretrained(folder)` and is accepted by every `--model` / `--tokenizer` flag; it can be uploaded to the
-Hugging Face Hub as is.
+The weights keep their shipped dtype (the loaded model is bit for bit the shipped one); the card carries the
+training config file and the measured FID / class accuracy / CPU speed from results/fmnist/. Each folder
+loads with `from_pretrained(folder)` and is accepted by every `--model` / `--tokenizer` flag; it can be
+uploaded to the Hugging Face Hub as is.
 """
 
 from __future__ import annotations

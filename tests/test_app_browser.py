@@ -106,6 +106,7 @@ def test_page_generates_an_image_and_shows_errors(app_url: str, browser: webdriv
     stats = browser.find_element(By.ID, "stats").text
     assert "ear_any_fmnist" in stats and "8 passes" in stats and "GFLOPs" in stats
     if os.environ.get("ARGEN_APP_SCREENSHOT"):
+        time.sleep(0.6)  # the growth GIF reaches its held last frame
         browser.save_screenshot(os.environ["ARGEN_APP_SCREENSHOT"])
 
     classes = browser.find_element(By.CSS_SELECTOR, "#classes textarea, #classes input")

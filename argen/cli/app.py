@@ -8,7 +8,14 @@ from argen.cli.common import device
 
 
 def cmd_app(args: argparse.Namespace) -> None:
+    import torch
+
     from argen.apps.store import AppConfig
+
+    if not args.threads:
+        # A request is a few small batches: on a shared 2-core CPU one thread loads the models ~15x and
+        # samples no slower than two (measured; see README "App and model folders").
+        torch.set_num_threads(1)
 
     cfg = AppConfig(
         host=args.host,
@@ -28,7 +35,11 @@ def cmd_app(args: argparse.Namespace) -> None:
 
 
 def add_app(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("app", help="web page to sample, extend and compare models (needs the app extra)")
+    p = sub.add_parser(
+        "app",
+        help="web page to sample, extend and compare models (needs the app extra)",
+        description="Serve the argen web page (one CPU thread unless `argen --threads N app` is given).",
+    )
     p.add_argument(
         "--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes the page to the network)"
     )
