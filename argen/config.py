@@ -237,7 +237,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         choices = {
-            "precision": ("fp32", "bf16"),
+            "precision": ("fp32", "bf16", "auto"),  # auto: bf16 where its matmuls beat fp32
             "strategy": ("none", "ddp", "fsdp"),
             "resume": ("auto", "never", "always"),
         }

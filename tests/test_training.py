@@ -288,6 +288,15 @@ def test_bf16_autocast_runs(tmp_path):
     assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())
 
 
+def test_precision_auto_records_what_ran_and_adamw_is_fused(tmp_path):
+    from argen.eval.peak import bf16_is_fast
+
+    out = run(toy_cfg(tmp_path / "auto", steps=2, precision="auto", ckpt_every=0)).parent
+    expected = "bf16" if bf16_is_fast("cpu") else "fp32"
+    assert json.loads((out / "config.json").read_text())["precision"] == expected
+    assert build_optimizer(nn.Linear(4, 4), OptimConfig()).defaults["fused"] is True
+
+
 def test_batch_not_divisible_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="divisible"):
         run(toy_cfg(tmp_path / "x", batch_size=7))

@@ -30,6 +30,7 @@ from argen.distributed import (
     seed_everything,
     wrap_model,
 )
+from argen.eval.peak import bf16_is_fast
 from argen.io import atomic_write_text
 from argen.models.checkpoints import (
     CheckpointError,
@@ -379,7 +380,16 @@ def train(cfg: TrainConfig, resume: bool | str | None = None) -> Path:
     return _train(cfg, info)
 
 
+def resolve_precision(cfg: TrainConfig, device: torch.device) -> TrainConfig:
+    """precision "auto" -> "bf16" (autocast; fp32 master weights and optimizer state) where the device's bf16
+    matmuls beat fp32 (`argen.eval.peak.bf16_is_fast`), else "fp32"; the run records what it used."""
+    if cfg.precision != "auto":
+        return cfg
+    return replace(cfg, precision="bf16" if bf16_is_fast(device) else "fp32")
+
+
 def _train(cfg: TrainConfig, info: DistInfo) -> Path:
+    cfg = resolve_precision(cfg, info.device)
     run = _build(cfg, info)
     _maybe_resume(run)
     dataset = run.task.build_dataset(cfg)
