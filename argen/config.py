@@ -218,7 +218,8 @@ class TrainConfig:
     steps: int = 1000
     batch_size: int = 64
     grad_accum: int = 1
-    precision: str = "fp32"  # fp32 | bf16 (autocast)
+    precision: str = "fp32"  # fp32 | bf16 (autocast; under fsdp also bf16 params, fp32 grad reduce)
+    activation_checkpointing: bool = False  # recompute each block's activations in backward (less memory)
     ema_decay: float = 0.0  # 0 = no EMA
     strategy: str = "none"  # none | ddp | fsdp
     device: str = "auto"

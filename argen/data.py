@@ -1,6 +1,9 @@
 """Datasets: Fashion-MNIST (IDX files), ImageFolder trees, and pre-extracted token datasets.
 
 Image datasets yield `(img_CHW float in [-1, 1], label int)`; token datasets `(codes_L int64, label int)`.
+Augmentations (ten crops, stored token views) are drawn by `augment_index(seed, epoch, index)`: no RNG state,
+so a resumed run and any number of loader workers see what an uninterrupted run would. The trainer calls
+`set_epoch` on datasets that have it.
 """
 
 from __future__ import annotations
@@ -145,17 +148,32 @@ def ten_crops(img: Any, size: int, ratio: float = 1.125) -> list[Any]:
     return [ten_crop(img, size, k, ratio) for k in range(10)]
 
 
+_MASK64 = 2**64 - 1
+
+
+def augment_index(seed: int, epoch: int, index: int, num: int) -> int:
+    """Which of `num` augmentations item `index` uses in `epoch`: splitmix64 of (seed, epoch, index)."""
+    x = 0
+    for v in (seed, epoch, index):
+        x = ((x ^ (v & _MASK64)) + 0x9E3779B97F4A7C15) & _MASK64
+        x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+        x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+        x ^= x >> 31
+    return x % num
+
+
 class ImageFolder(Dataset):
     """Images in `root/<class>/<file>` (class names sorted -> label ids), RGB in [-1, 1], (3, size, size).
 
     Args:
         root: the class-folder tree.
         image_size: output side.
-        ten_crop: augmentation: each access returns one of the ten crops of `ten_crop`, chosen at random
-            (from torch's RNG, so it follows the trainer's seeding); otherwise a deterministic centre crop.
+        ten_crop: augmentation: item i of epoch e is crop `augment_index(seed, e, i, 10)` of `ten_crop`;
+            otherwise a deterministic centre crop.
+        seed: the augmentation seed (the trainer passes its own).
     """
 
-    def __init__(self, root: str | Path, image_size: int = 256, ten_crop: bool = False):
+    def __init__(self, root: str | Path, image_size: int = 256, ten_crop: bool = False, seed: int = 0):
         root = Path(root)
         if not root.is_dir():
             raise ValueError(
@@ -172,25 +190,41 @@ class ImageFolder(Dataset):
             raise ValueError(f"no images ({', '.join(sorted(_IMAGE_EXTS))}) found under {root}/<class>/")
         self.image_size = image_size
         self.ten_crop = ten_crop
+        self.seed, self.epoch = seed, 0
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _open(self, i: int) -> tuple[Any, int]:
         from PIL import Image
 
         path, label = self.samples[i]
         try:
             with Image.open(path) as im:
-                img = im.convert("RGB")
+                return im.convert("RGB"), label
         except (OSError, SyntaxError) as e:  # PIL: UnidentifiedImageError, truncated files, bad chunks
             raise ValueError(f"{path} is not a readable image ({e}); remove or replace it, then rerun") from e
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        img, label = self._open(i)
         if self.ten_crop:
-            img = ten_crop(img, self.image_size, int(torch.randint(10, ())))
+            img = ten_crop(img, self.image_size, augment_index(self.seed, self.epoch, i, 10))
         else:
             img = center_crop_resize(img, self.image_size)
-        arr = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())
-        return arr.permute(2, 0, 1).float().div(127.5).sub(1.0), label
+        return _to_tensor(img), label
+
+    def ten_crop_views(self, i: int) -> tuple[torch.Tensor, int]:
+        """All ten crops of image i, (10, 3, size, size) in [-1, 1], and its label."""
+        img, label = self._open(i)
+        return torch.stack([_to_tensor(c) for c in ten_crops(img, self.image_size)]), label
+
+
+def _to_tensor(img: Any) -> torch.Tensor:
+    arr = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())
+    return arr.permute(2, 0, 1).float().div(127.5).sub(1.0)
 
 
 # ------------------------------------------------------------------------------------------ token datasets
@@ -246,39 +280,107 @@ def extract_tokens(
 
 
 class TokenDataset(Dataset):
-    """A token dataset written by `extract_tokens`; needs no tokenizer. Items: (codes_L int64, label int)."""
+    """Tokens written by `argen tokenize`: a token store folder (`argen.token_store`, read row by row, never
+    loaded) or an `.npz` file (loaded). Needs no tokenizer. Items: (codes_L int64, label int).
 
-    def __init__(self, path: str | Path):
+    A store holds A views (augmentations) of every image: item i of epoch e is view
+    `augment_index(seed, e, i, A)`. Rows are read with positioned reads (os.pread) rather than through a
+    memory map, because every page a map touches (in folios of up to 2 MB on recent Linux kernels) counts
+    as the reader's resident memory until unmapped; the OS page cache still holds the hot part of the file.
+    `codes_NAL` gives the memory-mapped array for analysis.
+    """
+
+    def __init__(self, path: str | Path, seed: int = 0):
         path = Path(path)
-        if not path.is_file():
+        self.path, self.seed, self.epoch = path, seed, 0
+        self._file: Any = None
+        if path.is_dir():
+            self._open_store(path)
+        elif path.is_file():
+            self._open_npz(path)
+        else:
             raise ValueError(
-                f"token dataset {path} not found; create it with `argen tokenize` (extract_tokens)"
+                f"token dataset {path} not found; create it with `argen tokenize` (a store folder or .npz)"
             )
+
+    def _open_npz(self, path: Path) -> None:
         try:
             with np.load(path, allow_pickle=False) as f:
-                self.codes_NL = torch.from_numpy(f["codes"].astype(np.int64))
+                codes = f["codes"]
                 self.labels_N = torch.from_numpy(f["labels"].astype(np.int64))
                 self.metadata: dict[str, Any] = json.loads(str(f["metadata"])) if "metadata" in f else {}
         except (KeyError, OSError, ValueError) as e:
             raise ValueError(
                 f"{path} is not a token dataset with codes/labels arrays ({e}); re-extract it"
             ) from e
-        if self.codes_NL.ndim != 2 or len(self.codes_NL) != len(self.labels_N):
+        if codes.ndim != 2 or len(codes) != len(self.labels_N):
             raise ValueError(
-                f"{path}: codes {tuple(self.codes_NL.shape)} and labels {tuple(self.labels_N.shape)} "
-                "do not match; re-extract it"
+                f"{path}: codes {codes.shape} and labels {tuple(self.labels_N.shape)} do not match; "
+                "re-extract it"
             )
+        self._in_memory: np.ndarray | None = codes[:, None, :]
+        self.shape_NAL: tuple[int, ...] = self._in_memory.shape
+
+    def _open_store(self, path: Path) -> None:
+        if not (path / "meta.json").is_file():
+            raise ValueError(
+                f"{path} is not a complete token store (no meta.json): rerun the same `argen tokenize` "
+                "command to finish it"
+            )
+        self.metadata = json.loads((path / "meta.json").read_text())
+        self.labels_N = torch.from_numpy(np.load(path / "labels.npy").astype(np.int64))
+        self._in_memory = None
+        with open(path / "codes.npy", "rb") as f:
+            version = np.lib.format.read_magic(f)
+            shape, fortran, self._dtype = getattr(np.lib.format, f"read_array_header_{version[0]}_0")(f)
+            self._offset = f.tell()
+        self.shape_NAL = shape
+        if fortran or len(shape) != 3 or shape[0] != len(self.labels_N):
+            raise ValueError(f"{path}: codes {shape} and labels do not match a token store; re-tokenize")
+
+    @property
+    def codes_NAL(self) -> np.ndarray:
+        """All codes (N, A, L): memory-mapped for a store (read-only), the loaded array for `.npz`."""
+        if self._in_memory is not None:
+            return self._in_memory
+        return np.load(self.path / "codes.npy", mmap_mode="r")
+
+    @functools.cached_property
+    def codes_NL(self) -> torch.Tensor:
+        """View 0 of every item as one int64 tensor (N, L), in memory: for small token sets only."""
+        return torch.from_numpy(np.ascontiguousarray(self.codes_NAL[:, 0]).astype(np.int64))
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_file": None}  # each DataLoader worker opens its own file
+
+    def _row(self, i: int, a: int) -> np.ndarray:
+        if self._in_memory is not None:
+            return self._in_memory[i, a]
+        if self._file is None:
+            self._file = open(self.path / "codes.npy", "rb", buffering=0)  # noqa: SIM115 (kept open)
+        _, num_views, length = self.shape_NAL
+        size = length * self._dtype.itemsize
+        raw = os.pread(self._file.fileno(), size, self._offset + (i * num_views + a) * size)
+        return np.frombuffer(raw, self._dtype)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.labels_N)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.codes_NL[i], int(self.labels_N[i])
+        num_views = self.shape_NAL[1]
+        a = augment_index(self.seed, self.epoch, i, num_views) if num_views > 1 else 0
+        return torch.from_numpy(self._row(i, a).astype(np.int64)), int(self.labels_N[i])
 
 
 # ---------------------------------------------------------------------------------------------- dispatch
-def build_image_dataset(cfg: DataConfig) -> Dataset:
-    """Image dataset for `cfg.source` fashion_mnist | imagefolder; items (img_CHW in [-1, 1], label)."""
+def build_image_dataset(cfg: DataConfig, seed: int = 0) -> Dataset:
+    """Image dataset for `cfg.source` fashion_mnist | imagefolder; items (img_CHW in [-1, 1], label).
+
+    seed: the augmentation seed (ImageFolder ten crops); the trainer passes its own.
+    """
     if cfg.source == "fashion_mnist":
         return FashionMNIST(cfg.root, cfg.split, cfg.image_size)
     if cfg.source == "imagefolder":
@@ -291,16 +393,17 @@ def build_image_dataset(cfg: DataConfig) -> Dataset:
             raise ValueError(
                 f"split {cfg.split!r}: no folder {root / cfg.split}; the root itself is the train split"
             )
-        return ImageFolder(root, cfg.image_size, cfg.ten_crop)
+        return ImageFolder(root, cfg.image_size, cfg.ten_crop, seed)
     raise ValueError(f"data.source {cfg.source!r} is not an image source; use fashion_mnist or imagefolder")
 
 
-def build_dataset(cfg: DataConfig) -> Dataset:
-    """Any dataset by `cfg.source`: fashion_mnist | imagefolder (images) | tokens (root = the .npz file)."""
+def build_dataset(cfg: DataConfig, seed: int = 0) -> Dataset:
+    """Any dataset by `cfg.source`: fashion_mnist | imagefolder (images) | tokens (root = the token store
+    folder or .npz written by `argen tokenize`). seed: the augmentation seed."""
     if cfg.source == "tokens":
         if cfg.root is None:
-            raise ValueError("data.root must name the token .npz file written by `argen tokenize`")
-        return TokenDataset(cfg.root)
+            raise ValueError("data.root must name the token store (or .npz) written by `argen tokenize`")
+        return TokenDataset(cfg.root, seed)
     if cfg.source in ("fashion_mnist", "imagefolder"):
-        return build_image_dataset(cfg)
+        return build_image_dataset(cfg, seed)
     raise ValueError(f"unknown data.source {cfg.source!r}; choose fashion_mnist, imagefolder or tokens")

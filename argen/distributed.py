@@ -151,18 +151,33 @@ def fsdp_units(model: nn.Module) -> list[nn.Module]:
     return []
 
 
-def wrap_model(model: nn.Module, strategy: str, device: torch.device | None = None) -> nn.Module:
+def wrap_model(
+    model: nn.Module,
+    strategy: str,
+    device: torch.device | None = None,
+    bf16: bool = False,
+    checkpointing: bool = False,
+) -> nn.Module:
     """Wrap a model already on its device for data-parallel training.
 
     Args:
         strategy: "none"; "ddp" (DistributedDataParallel); "fsdp" (FSDP2: `fully_shard` on each unit of
             `fsdp_units`, then on the root; the model changes in place, its parameters become DTensors).
         device: the model's device (for DDP's device_ids on CUDA).
+        bf16: under "fsdp", the mixed-precision policy: parameters gathered and computed in bf16, gradients
+            reduced in fp32, fp32 sharded master weights (the optimizer's), fp32 outputs of the root.
+        checkpointing: activation checkpointing of every unit of `fsdp_units` (recomputed in backward), under
+            any strategy.
 
     Without a process group (world size 1), "ddp" and "fsdp" fall back to the plain model.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    if checkpointing:
+        from torch.distributed._composable import checkpoint
+
+        for unit in fsdp_units(model):
+            checkpoint(unit)  # composable: parameter names and the module tree stay as they are
     if strategy == "none" or not dist.is_initialized():
         return model
     if strategy == "ddp":
@@ -170,11 +185,12 @@ def wrap_model(model: nn.Module, strategy: str, device: torch.device | None = No
 
         ids = [device.index] if device is not None and device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=ids)
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    low = (torch.bfloat16, torch.float32) if bf16 else (None, None)
     for unit in fsdp_units(model):
-        fully_shard(unit)
-    fully_shard(model)
+        fully_shard(unit, mp_policy=MixedPrecisionPolicy(*low))
+    fully_shard(model, mp_policy=MixedPrecisionPolicy(*low, torch.float32 if bf16 else None))
     return model
 
 

@@ -21,7 +21,7 @@ def _data(model: VAR, n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
     return codes, labels
 
 
-def test_task_builds_var_and_requires_tokens():
+def test_task_builds_var_and_needs_tokens_or_a_vqvae():
     task = get_task("var")
     model = task.build_model({"preset": "debug", "depth": 3})
     assert isinstance(model, VAR) and model.config.depth == 3 and model.config.dim == 64

@@ -25,14 +25,16 @@ def cmd_distill(args: argparse.Namespace) -> None:
 
 
 def cmd_tokenize(args: argparse.Namespace) -> None:
+    """Encode a dataset once: a token store folder (any number of torchrun ranks, resumable) or a `.npz`."""
     import torch
 
     from argen.data import build_image_dataset, extract_tokens
-    from argen.distributed import resolve_device
+    from argen.distributed import barrier, init_distributed
     from argen.models.checkpoints import load_model, tokenizer_fingerprint
+    from argen.token_store import write_token_store
 
-    device = resolve_device(args.device)
-    tok = load_model(args.tokenizer, device)
+    info = init_distributed(args.device)
+    tok = load_model(args.tokenizer, info.device)
     if tok.kind == "msvq":
 
         def encode(img: torch.Tensor) -> torch.Tensor:
@@ -51,8 +53,28 @@ def cmd_tokenize(args: argparse.Namespace) -> None:
         )
     meta = {"tokenizer": str(args.tokenizer), "kind": tok.kind, "data": to_dict(data)}
     meta["tokenizer_fingerprint"] = tokenizer_fingerprint(tok)  # generators record it; a mismatch is caught
-    path = extract_tokens(encode, dataset, args.out, args.batch_size, device, meta)
-    print(f"tokens written to {path}")
+    if args.out.endswith(".npz"):
+        if info.distributed or args.views != "none":
+            raise ValueError("a .npz token file is one process and one view: give --out a folder (a store)")
+        path = extract_tokens(encode, dataset, args.out, args.batch_size, info.device, meta)
+    else:
+        path = write_token_store(
+            encode,
+            dataset,
+            args.out,
+            tok.config.vocab_size,
+            views=args.views,
+            batch_size=args.batch_size,
+            shard_size=args.shard_size,
+            device=info.device,
+            metadata=meta,
+            num_workers=args.num_workers,
+            rank=info.rank,
+            world_size=info.world_size,
+            barrier=barrier,
+        )
+    if info.is_main:
+        print(f"tokens written to {path}")
 
 
 def add_training(sub: argparse._SubParsersAction) -> None:
@@ -66,13 +88,26 @@ def add_training(sub: argparse._SubParsersAction) -> None:
     config_flags(p)
     p.set_defaults(func=cmd_distill)
 
-    p = sub.add_parser("tokenize", help="encode an image dataset once into a token .npz")
+    p = sub.add_parser(
+        "tokenize", help="encode an image dataset once into a token store (torchrun: sharded, resumable)"
+    )
     p.add_argument("--tokenizer", required=True, help="argen vq or msvq model file")
-    p.add_argument("--out", required=True, help="output .npz")
+    p.add_argument(
+        "--out", required=True, help="token store folder (rerun to continue after a crash), or a .npz file"
+    )
+    p.add_argument(
+        "--views",
+        choices=("none", "flip", "ten_crop"),
+        default="none",
+        help="stored augmentations per image: none (1), flip (2), ten_crop (10, imagefolder); "
+        "training draws one per epoch",
+    )
+    p.add_argument("--shard-size", type=positive_int, default=1024, help="images per shard (unit of resume)")
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers decoding images")
     p.add_argument("--source", default="fashion_mnist", help="fashion_mnist | imagefolder")
     p.add_argument("--root", help="IDX directory or ImageFolder root (default: the Debian location)")
     p.add_argument("--split", default="train", help="dataset split")
     p.add_argument("--image-size", type=positive_int, default=32, help="image side after crop/resize")
-    p.add_argument("--batch-size", type=positive_int, default=256, help="images per encoder batch")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="images per encoder batch (x views)")
     p.add_argument("--device", type=device, default="auto", help="auto | cpu | cuda | cuda:N")
     p.set_defaults(func=cmd_tokenize)

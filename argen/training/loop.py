@@ -103,6 +103,8 @@ def _epochs(
     while True:
         epoch, offset = divmod(step, steps_per_epoch)
         sampler.set_epoch(epoch)
+        if hasattr(dataset, "set_epoch"):  # augmentations drawn per (seed, epoch, item): see argen.data
+            dataset.set_epoch(epoch)
         window = _Window(sampler, offset * per_step, steps_per_epoch * per_step)
         # A private generator keeps DataLoader from drawing on the global RNG (which the checkpoint restores).
         loader = DataLoader(
@@ -192,7 +194,9 @@ def _build(cfg: TrainConfig, info: DistInfo) -> _Run:
             )
         load_strict(module, read_safetensors(weights), source=str(weights))
     module = module.to(info.device)
-    model = wrap_model(module, cfg.strategy, info.device)
+    model = wrap_model(
+        module, cfg.strategy, info.device, cfg.precision == "bf16", cfg.activation_checkpointing
+    )
     optimizer = build_optimizer(module, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.steps)
     ema = EMA(module, cfg.ema_decay) if cfg.ema_decay > 0 else None

@@ -58,7 +58,7 @@ def tokenizer_config(kind: str, spec: dict):
 def tokenizer_dataset(cfg, kind: str):
     from argen.data import build_image_dataset
 
-    dataset = build_image_dataset(cfg.data)
+    dataset = build_image_dataset(cfg.data, cfg.seed)
     channels = tokenizer_config(kind, cfg.model).in_channels
     if len(dataset) and dataset[0][0].shape[0] != channels:
         have = dataset[0][0].shape[0]
@@ -93,10 +93,10 @@ def gpt_dataset(cfg):
 
     if cfg.data.source != "tokens":
         raise ValueError(
-            "the gpt task trains on pre-extracted tokens: set data.source=tokens and data.root to the .npz "
-            "written by `argen tokenize` with a single-scale tokenizer"
+            "the gpt task trains on pre-extracted tokens: set data.source=tokens and data.root to the token "
+            "store (or .npz) written by `argen tokenize` with a single-scale tokenizer"
         )
-    return build_dataset(cfg.data)
+    return build_dataset(cfg.data, cfg.seed)
 
 
 _GPT_OPTION_KEYS = {
@@ -165,25 +165,34 @@ def var_model(model: dict):
 
 
 def var_dataset(cfg):
+    """Pre-extracted multi-scale tokens (data.source=tokens), or images encoded on the fly by the frozen
+    objective.vqvae (the official VAR way; items are then (img_CHW, label))."""
     from argen.data import build_dataset
+    from argen.models.checkpoints import tokenizer_fingerprint
 
-    if cfg.data.source != "tokens":
-        raise ValueError(
-            "the var task trains on pre-extracted multi-scale tokens: set data.source=tokens and data.root "
-            "to the .npz written by `argen tokenize` with the msvq tokenizer (all scales concatenated)"
-        )
-    dataset = build_dataset(cfg.data)
+    dataset = build_dataset(cfg.data, cfg.seed)
     spec = cfg.objective.get("vqvae")
-    recorded = getattr(dataset, "metadata", {}).get("tokenizer_fingerprint")
-    if isinstance(spec, str) and recorded:
-        from argen.models.checkpoints import tokenizer_fingerprint
-
-        if tokenizer_fingerprint(_var_vqvae(spec, "cpu")) != recorded:
+    if cfg.data.source != "tokens":
+        if spec is None:
             raise ValueError(
-                f"objective.vqvae={spec} is not the tokenizer that wrote {cfg.data.root} "
-                f"({dataset.metadata.get('tokenizer')}): the VAR would learn one codebook's tokens with "
-                "another's embeddings. Use that tokenizer, or re-tokenize with this one."
+                "the var task trains on images encoded on the fly by objective.vqvae=<msvq model file>, or "
+                "on pre-extracted tokens (data.source=tokens, data.root=the store of `argen tokenize`)"
             )
+        vqvae = _var_vqvae(spec, "cpu")
+        if len(dataset) and dataset[0][0].shape[0] != vqvae.config.in_channels:
+            raise ValueError(
+                f"objective.vqvae encodes {vqvae.config.in_channels}-channel images but {cfg.data.source} "
+                f"gives {dataset[0][0].shape[0]}-channel ones"
+            )
+        dataset.metadata = {"tokenizer": str(spec), "tokenizer_fingerprint": tokenizer_fingerprint(vqvae)}
+        return dataset
+    recorded = getattr(dataset, "metadata", {}).get("tokenizer_fingerprint")
+    if isinstance(spec, str) and recorded and tokenizer_fingerprint(_var_vqvae(spec, "cpu")) != recorded:
+        raise ValueError(
+            f"objective.vqvae={spec} is not the tokenizer that wrote {cfg.data.root} "
+            f"({dataset.metadata.get('tokenizer')}): the VAR would learn one codebook's tokens with "
+            "another's embeddings. Use that tokenizer, or re-tokenize with this one."
+        )
     return dataset
 
 
@@ -219,17 +228,36 @@ def var_progressive_scales(num_scales: int, opts: dict) -> int:
     return start + int(min(int(opts["step"]) / ramp, 1.0) * (num_scales - start))
 
 
+def var_encode(vqvae, img_BCHW, bf16: bool):
+    """Images (B, C, H, W) in [-1, 1] -> codes (B, L) of all scales, by the frozen VQVAE: the encoder under
+    bf16 autocast when `bf16`, the residual quantizer (nearest-code search) always in fp32."""
+    import torch
+
+    dev = img_BCHW.device.type
+    with torch.no_grad():
+        with torch.autocast(dev, torch.bfloat16, enabled=bf16):
+            f_BChw = vqvae.encode_latent(img_BCHW)
+        with torch.autocast(dev, enabled=False):
+            return torch.cat(vqvae.quantize.f_to_idxBl(f_BChw.float()), dim=1)
+
+
 def var_loss(model, batch, opts: dict) -> tuple:
     """VAR next-scale cross-entropy over all (or the first k) scales, with label dropout for CFG.
 
-    Batch: (codes_BL int64 of all scales concatenated, labels_B). Options: vqvae (path or module, required),
-    label_dropout (0.1), progressive_steps / progressive_start / step (progressive-scale training).
+    Batch: (codes_BL int64 of all scales concatenated, labels_B), or (img_BCHW float, labels_B) encoded here
+    by the VQVAE. Options: vqvae (path or module, required), vqvae_bf16 (encode images under bf16 autocast;
+    default: on CUDA with bf16 support), label_dropout (0.1), progressive_steps / progressive_start / step
+    (progressive-scale training).
     """
     import torch
     import torch.nn.functional as F
 
     codes_BL, label_B = batch
     cfg = getattr(model, "module", model).config
+    if codes_BL.is_floating_point():
+        dev = codes_BL.device
+        bf16 = opts.get("vqvae_bf16", dev.type == "cuda" and torch.cuda.is_bf16_supported())
+        codes_BL = var_encode(_var_vqvae(opts.get("vqvae"), dev), codes_BL, bool(bf16))
     if codes_BL.shape[1] != cfg.seq_len:
         raise ValueError(
             f"token codes have {codes_BL.shape[1]} positions; VAR with patch_nums {cfg.patch_nums} "
@@ -264,7 +292,7 @@ def classifier_model(model: dict):
 def classifier_dataset(cfg):
     from argen.data import build_image_dataset
 
-    return build_image_dataset(cfg.data)
+    return build_image_dataset(cfg.data, cfg.seed)
 
 
 def classifier_loss(model, batch, opts: dict) -> tuple:

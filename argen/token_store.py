@@ -1,0 +1,211 @@
+"""Token store: a tokenized image dataset as memory-mappable `.npy` files, written by rank shards and merged.
+
+A store is a folder:
+
+    codes.npy   (N, A, L) int16 (vocabulary <= 32767) or int32: A stored views (augmentations) of each image
+    labels.npy  (N,) int64
+    meta.json   grid, views, dtype, tokenizer facts; written after the arrays, so it marks a complete store
+    shards/     only while writing: plan.json and one `.npz` per shard of `shard_size` consecutive images
+
+Shards are fixed ranges of image indices and are encoded in the same batches whoever encodes them, so the
+bytes do not depend on the number of ranks. Rank r encodes shards r, r + W, ... that are not yet on disk
+(each written atomically), so a rerun after a crash keeps the finished shards and redoes only the rest; rank
+0 then merges them. `argen.data.TokenDataset` reads the result without loading it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from argen.io import atomic_write, atomic_write_text
+
+VIEWS = {"none": 1, "flip": 2, "ten_crop": 10}
+
+
+class Views(Dataset):
+    """Every stored view of each image: items (views_ACHW in [-1, 1], label).
+
+    views: "none" (the image), "flip" (the image and its mirror) or "ten_crop" (the ten crops of
+        `argen.data.ten_crop`, LlamaGen's augmentation; needs an ImageFolder).
+    """
+
+    def __init__(self, dataset: Dataset, views: str):
+        if views not in VIEWS:
+            raise ValueError(f"views {views!r}: choose one of {sorted(VIEWS)}")
+        if views == "ten_crop" and not hasattr(dataset, "ten_crop_views"):
+            raise ValueError("ten_crop views need an imagefolder source; use --views flip or none")
+        self.dataset, self.views = dataset, views
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        if self.views == "ten_crop":
+            return self.dataset.ten_crop_views(i)
+        img_CHW, label = self.dataset[i]
+        views = [img_CHW] if self.views == "none" else [img_CHW, img_CHW.flip(-1)]
+        return torch.stack(views), label
+
+
+def store_dtype(vocab_size: int) -> str:
+    return "int16" if vocab_size <= 32767 else "int32"
+
+
+@torch.no_grad()
+def write_token_store(
+    encode_fn: Callable[[torch.Tensor], torch.Tensor],
+    dataset: Dataset,
+    out: str | Path,
+    vocab_size: int,
+    views: str = "none",
+    batch_size: int = 64,
+    shard_size: int = 1024,
+    device: str | torch.device = "cpu",
+    metadata: dict[str, Any] | None = None,
+    num_workers: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    barrier: Callable[[], None] = lambda: None,
+) -> Path:
+    """Tokenize every view of every image into the store folder `out`; call on every rank.
+
+    Args:
+        encode_fn: images (B, C, H, W) in [-1, 1] on `device` -> integer codes (B, L) or (B, h, w).
+        dataset: items (img_CHW, label); an ImageFolder for views="ten_crop".
+        vocab_size: codebook size (sets the dtype; codes outside [0, vocab_size) are an error).
+        batch_size: images per encoder batch (each with all its views).
+        shard_size: images per shard (the unit of work and of resumption).
+        metadata: JSON-able facts stored in meta.json (tokenizer file and fingerprint, data config, ...).
+        rank, world_size, barrier: this process's place in the job, and the job's barrier.
+
+    Returns:
+        `out`. A complete store with the same plan is left as it is; another plan is refused.
+    """
+    out = Path(out)
+    data = Views(dataset, views)
+    plan = {
+        "num_items": len(data),
+        "views": views,
+        "num_views": VIEWS[views],
+        "dtype": store_dtype(vocab_size),
+        "vocab_size": vocab_size,
+        "shard_size": shard_size,
+        "batch_size": batch_size,
+        **(metadata or {}),
+    }
+    if not len(data):
+        raise ValueError("write_token_store got an empty dataset")
+    if (out / "meta.json").is_file():
+        _check_plan(out, json.loads((out / "meta.json").read_text())["plan"], plan)
+        if rank == 0:
+            shutil.rmtree(out / "shards", ignore_errors=True)  # a crash after the merge left them
+        return out
+    shards = out / "shards"
+    if out.exists() and (not out.is_dir() or (not shards.is_dir() and any(out.iterdir()))):
+        raise ValueError(f"{out} exists and is not a token store being written; choose another --out")
+    if not (shards / "plan.json").is_file():  # every rank may: same content, atomic rename
+        atomic_write_text(shards / "plan.json", json.dumps(plan, indent=2, sort_keys=True) + "\n")
+    barrier()
+    _check_plan(out, json.loads((shards / "plan.json").read_text()), plan)
+    _encode_shards(encode_fn, data, shards, plan, device, num_workers, rank, world_size)
+    barrier()
+    if rank == 0:
+        _merge(out, plan)
+    barrier()
+    return out
+
+
+def _check_plan(out: Path, have: dict, want: dict) -> None:
+    if have != want:
+        diff = sorted(k for k in {**have, **want} if have.get(k) != want.get(k))
+        raise ValueError(
+            f"{out} holds a token store made with other settings ({', '.join(diff)} differ); rerun with the "
+            "same arguments to finish it, or choose another --out"
+        )
+
+
+def _encode_shards(
+    encode_fn: Callable[[torch.Tensor], torch.Tensor],
+    data: Views,
+    shards: Path,
+    plan: dict,
+    device: str | torch.device,
+    num_workers: int,
+    rank: int,
+    world_size: int,
+) -> None:
+    from tqdm.auto import tqdm
+
+    n, size = plan["num_items"], plan["shard_size"]
+    todo = [
+        k for k in range(rank, math.ceil(n / size), world_size) if not (shards / f"{k:06d}.npz").is_file()
+    ]
+    images = sum(min(size, n - k * size) for k in todo)
+    bar = tqdm(total=images, disable=rank != 0, desc=f"tokenizing -> {shards.parent}", unit="img")
+    for k in todo:
+        part = Subset(data, range(k * size, min((k + 1) * size, n)))
+        loader = DataLoader(part, batch_size=plan["batch_size"], shuffle=False, num_workers=num_workers)
+        codes, labels = [], []
+        for views_BACHW, label_B in loader:
+            b, a = views_BACHW.shape[:2]
+            code = encode_fn(views_BACHW.flatten(0, 1).to(device))
+            grid = list(code.shape[1:])
+            codes.append(code.reshape(b, a, -1).cpu().numpy())
+            labels.append(torch.as_tensor(label_B, dtype=torch.int64).numpy())
+            bar.update(b)
+        codes_NAL = np.concatenate(codes)
+        if codes_NAL.min() < 0 or codes_NAL.max() >= plan["vocab_size"]:
+            raise ValueError(
+                f"the tokenizer gave codes in [{codes_NAL.min()}, {codes_NAL.max()}], outside its "
+                f"vocabulary of {plan['vocab_size']}"
+            )
+
+        def write(tmp: Path, codes_NAL=codes_NAL, labels=labels, grid=grid) -> None:
+            with open(tmp, "wb") as f:
+                np.savez(f, codes=codes_NAL.astype(plan["dtype"]), labels=np.concatenate(labels), grid=grid)
+
+        atomic_write(shards / f"{k:06d}.npz", write)
+    bar.close()
+
+
+def _merge(out: Path, plan: dict) -> None:
+    """Shards -> codes.npy and labels.npy (one shard in memory at a time), then meta.json."""
+    shards = out / "shards"
+    n, size = plan["num_items"], plan["shard_size"]
+    files = [shards / f"{k:06d}.npz" for k in range(math.ceil(n / size))]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise ValueError(f"{out}: shards {missing[:5]} are missing after encoding; rerun the same command")
+    with np.load(files[0]) as f:
+        length, grid = f["codes"].shape[2], f["grid"].tolist()
+    labels_N = np.zeros(n, dtype=np.int64)
+
+    def write_codes(tmp: Path) -> None:
+        shape = (n, plan["num_views"], length)
+        codes = np.lib.format.open_memmap(tmp, mode="w+", dtype=plan["dtype"], shape=shape)
+        for k, file in enumerate(files):
+            with np.load(file) as f:
+                codes[k * size : (k + 1) * size] = f["codes"]
+                labels_N[k * size : (k + 1) * size] = f["labels"]
+        codes.flush()
+        del codes
+
+    atomic_write(out / "codes.npy", write_codes)
+
+    def write_labels(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, labels_N)
+
+    atomic_write(out / "labels.npy", write_labels)
+    meta = {"grid": grid, "num_items": n, "shape": [n, plan["num_views"], length], "plan": plan}
+    atomic_write_text(out / "meta.json", json.dumps({**plan, **meta}, indent=2, sort_keys=True) + "\n")
+    shutil.rmtree(shards)
