@@ -3,6 +3,8 @@ and the numbers of the run; inputs the models cannot run are ValueErrors with wh
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -118,8 +120,18 @@ def _pixels(path: str) -> torch.Tensor:
 
 def test_core_and_cli_do_not_import_gradio() -> None:
     import subprocess
-    import sys
 
     code = "import sys, argen.cli, argen.sampling.pipeline, argen.apps.store; print('gradio' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_app_without_gradio_is_one_line(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from argen.cli import main
+
+    monkeypatch.setitem(sys.modules, "gradio", None)  # import fails as if not installed
+    monkeypatch.delitem(sys.modules, "argen.apps.app", raising=False)
+    with pytest.raises(SystemExit) as exc:
+        main(["app", "--lazy"])
+    assert exc.value.code == 2
+    assert "the app needs Gradio: pip install -e '.[app]'" in capsys.readouterr().err
