@@ -61,6 +61,18 @@ def test_var_request_returns_a_scale_strip(store: st.ModelStore) -> None:
     )  # one image, one column per scale
 
 
+def test_side_by_side_runs_both_models_on_the_same_seed(store: st.ModelStore) -> None:
+    left, right = st.compare(store, "ear_any_fmnist", "var_fmnist", "3,4", per_class=1, seed=5)
+    assert (left.stats["passes"], left.stats["cfg_scale"]) == (8, 2.0)
+    assert (right.stats["passes"], right.stats["cfg_scale"]) == (
+        len(store.model("var_fmnist").config.patch_nums),
+        1.5,
+    )
+    assert left.stats["seed"] == right.stats["seed"] == 5 and left.frames is None
+    same = st.sample(store, "ear_any_fmnist", "3,4", 1, 8, 2.0, None, 5, False)
+    assert torch.equal(_pixels(left.grid), _pixels(same.grid))
+
+
 def test_fixed_schedule_ear_at_other_passes_warns(store: st.ModelStore) -> None:
     result = st.sample(store, "ear_fmnist", "2", passes=8, frames=False)
     assert result.frames is None and result.stats["passes"] == 8

@@ -93,10 +93,7 @@ def build_app(store: st.ModelStore) -> gr.Blocks:
 
     @_page_errors
     def on_compare(left, right, classes, per_class, seed, progress=gr.Progress()):  # noqa: B008
-        results = [
-            st.sample(store, name, classes, per_class, None, None, None, seed, False, _progress(progress))
-            for name in (left, right)
-        ]
+        results = st.compare(store, left, right, classes, per_class, seed, _progress(progress))
         return results[0].grid, _stats_md(results[0]), results[1].grid, _stats_md(results[1])
 
     with gr.Blocks(title="argen") as app:

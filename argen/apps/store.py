@@ -246,6 +246,24 @@ def sample(
     )
 
 
+def compare(
+    store: ModelStore,
+    left: str,
+    right: str,
+    classes: str = "",
+    per_class: float = 1,
+    seed: float = 0,
+    progress: Progress = _noop,
+) -> tuple[SampleResult, SampleResult]:
+    """Two models on the same classes and seed, each at the settings the page starts it with (any-schedule
+    EAR: 8 passes; otherwise the model's own steps and CFG)."""
+
+    def run(name: str) -> SampleResult:
+        return sample(store, name, classes, per_class, *store.defaults(name), None, seed, False, progress)
+
+    return run(left), run(right)
+
+
 def extend(
     store: ModelStore,
     name: str,
