@@ -210,9 +210,12 @@ def _var_vqvae(spec, device):
         return spec
     key = (spec, str(device))
     if key not in _VAR_VQVAES:  # loaded once per process and device, never trained
+        import torch
+
         from argen.models.checkpoints import load_model
 
-        _VAR_VQVAES[key] = load_model(spec, device=device, expect=("msvq",)).requires_grad_(False)
+        with torch.random.fork_rng(devices=[]):  # building it must not move the run's RNG (cached or not)
+            _VAR_VQVAES[key] = load_model(spec, device=device, expect=("msvq",)).requires_grad_(False)
     return _VAR_VQVAES[key]
 
 
