@@ -4,6 +4,7 @@ and the numbers of the run; inputs the models cannot run are ValueErrors with wh
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -49,6 +50,13 @@ def test_ear_request_returns_grid_growth_and_costs(store: st.ModelStore) -> None
     assert torch.equal(_pixels(result.grid), _pixels(again.grid))  # same seed, same images
     other = st.sample(store, "ear_any_fmnist", "0,7", per_class=2, passes=4, seed=4)
     assert not torch.equal(_pixels(result.grid), _pixels(other.grid))
+
+
+def test_old_request_folders_are_deleted(store: st.ModelStore) -> None:
+    paths = [Path(st.sample(store, "ear_any_fmnist", "0", passes=2, frames=False).grid) for _ in range(3)]
+    folders = [store.output_folder() for _ in range(st.KEEP)]
+    assert not paths[0].exists() and all(f.is_dir() for f in folders)
+    assert len(list(folders[0].parent.iterdir())) == st.KEEP
 
 
 def test_var_request_returns_a_scale_strip(store: st.ModelStore) -> None:

@@ -96,7 +96,8 @@ def build_app(store: st.ModelStore) -> gr.Blocks:
         results = st.compare(store, left, right, classes, per_class, seed, _progress(progress))
         return results[0].grid, _stats_md(results[0]), results[1].grid, _stats_md(results[1])
 
-    with gr.Blocks(title="argen") as app:
+    # Gradio keeps copies of served images: drop those older than an hour, hourly
+    with gr.Blocks(title="argen", delete_cache=(3600, 3600)) as app:
         gr.Markdown(INTRO)
         with gr.Tab("Sample"):
             with gr.Row():

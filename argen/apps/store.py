@@ -6,6 +6,7 @@ and raises ValueError (with what to do) for inputs it cannot run, so the page ca
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 import warnings
@@ -25,6 +26,7 @@ from argen.sampling.pipeline import GenerateConfig, Pipeline
 
 GENERATORS, TOKENIZERS = ("gpt", "var", "actvar"), ("vq", "msvq")
 DEFAULT_MODEL = "ear_any_fmnist"
+KEEP = 16  # request folders kept on disk
 Progress = Callable[[float, str], None]
 
 
@@ -74,6 +76,7 @@ class ModelStore:
         for path in [*cfg.models, *cfg.tokenizers]:
             self._add(path, path)
         self._loaded: dict[str, nn.Module] = {}
+        self._outputs, self._requests = Path(tempfile.mkdtemp(prefix="argen_app_")), 0
         self.generators = [n for n, m in self.meta.items() if m["kind"] in GENERATORS]
         self.tokenizers = [n for n, m in self.meta.items() if m["kind"] in TOKENIZERS]
         for name in cfg.models:
@@ -89,6 +92,16 @@ class ModelStore:
     @property
     def default(self) -> str:
         return DEFAULT_MODEL if DEFAULT_MODEL in self.generators else self.generators[0]
+
+    def output_folder(self) -> Path:
+        """A fresh folder for one request's images; folders of all but the last KEEP requests are deleted
+        (the page has its own copies by then), so a long-running app does not fill the disk."""
+        self._requests += 1
+        folder = self._outputs / f"{self._requests:08d}"
+        folder.mkdir()
+        for old in sorted(self._outputs.iterdir())[:-KEEP]:
+            shutil.rmtree(old, ignore_errors=True)
+        return folder
 
     def check_generator(self, name: str) -> None:
         if name not in self.generators:
@@ -220,7 +233,7 @@ def sample(
         shots = shots or [f[: len(ids)] for f in out.frames]  # one row: the first image of each class
         seconds, ran = seconds + out.seconds, max(ran, out.passes)
     progress(1.0, "writing images")
-    folder = Path(tempfile.mkdtemp(prefix="argen_app_"))
+    folder = store.output_folder()
     grid = save_grid(torch.cat(images), folder / "samples.png", nrow=len(ids), scale=3)
     animation = None
     if shots:
@@ -299,7 +312,7 @@ def extend(
     )
     t0 = time.perf_counter()
     pipe = store.pipeline(name, cfg_scale=cfg_scale)
-    report = extend_images(cfg, Path(tempfile.mkdtemp(prefix="argen_app_")), pipe=pipe)
+    report = extend_images(cfg, store.output_folder(), pipe=pipe)
     report["request_s"] = round(time.perf_counter() - t0, 3)
     return report.pop("image"), report
 
