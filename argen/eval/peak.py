@@ -1,10 +1,12 @@
 """This machine's own matmul peak (fp32 and bf16, at the current thread count) and bf16 detection.
 
-`measure_peak` times dense matmuls of a few shapes per dtype (median of the timed calls per shape) and reports
-the best shape's FLOP/s as the peak: the denominator of the model FLOP/s utilisation (MFU) every bench
-report states. `bf16_is_fast` decides whether bf16 is worth using on a device: on CUDA the GPU must have
-native bf16 (compute capability >= 8.0); on CPU oneDNN must report bf16 support *and* a short timed probe
-must show bf16 matmuls beating fp32 (CPUs without AVX512-BF16/AMX emulate bf16, often far slower than fp32).
+`measure_peak` times `F.linear` (x @ W^T, the layout every nn.Linear runs; on a CPU without bf16 units a
+bf16 `a @ b` with a row-major b measured 15x slower than this) over a few shapes per dtype, the median of
+the timed calls per shape, and reports the best shape's FLOP/s as the peak: the denominator of the model
+FLOP/s utilisation (MFU) every bench report states. `bf16_is_fast` decides whether bf16 is worth using on
+a device: on CUDA the GPU must have native bf16 (compute capability >= 8.0); on CPU oneDNN must report bf16
+support *and* a short timed probe must show bf16 matmuls beating fp32 (CPUs without AVX512-BF16/AMX
+emulate bf16, far slower than fp32).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # (m, k, n): squares plus the shape of a 384-wide transformer's MLP over 4096 tokens
@@ -48,21 +51,21 @@ def matmul_flops_per_s(
     repeats: int = 5,
     budget_s: float = 2.0,
 ) -> float:
-    """Median FLOP/s of `(m, k) @ (k, n)` in `dtype` over `repeats` timed calls after one warm-up call.
+    """Median FLOP/s of `F.linear((m, k), (n, k))` in `dtype` over `repeats` timed calls after a warm-up.
 
     Stops early once `budget_s` seconds were spent timing (at least one timed call), so a dtype the device
     emulates slowly does not stall the measurement.
     """
     device = torch.device(device)
     m, k, n = shape
-    a_MK = torch.randn(m, k, device=device).to(dtype)
-    b_KN = torch.randn(k, n, device=device).to(dtype)
-    torch.mm(a_MK, b_KN)
+    x_MK = torch.randn(m, k, device=device).to(dtype)
+    w_NK = torch.randn(n, k, device=device).to(dtype)
+    F.linear(x_MK, w_NK)
     times: list[float] = []
     while len(times) < repeats and (not times or sum(times) < budget_s):
         _sync(device)
         t0 = time.perf_counter()
-        torch.mm(a_MK, b_KN)
+        F.linear(x_MK, w_NK)
         _sync(device)
         times.append(time.perf_counter() - t0)
     return 2 * m * k * n / statistics.median(times)

@@ -156,7 +156,8 @@ class Attention(nn.Module):
         q_BHND, k_BHND, v_BHND = (t.transpose(1, 2) for t in (q, k, v))
         if self.cache is not None:
             k_all, v_all = self.cache.update(pos_N, k_BHND, v_BHND)
-            # keys past the mask's width are never visible: slice so SDPA does not compute them
+            # keys past the mask's width are never visible: slice so SDPA does not compute them (a mask as
+            # wide as the cache gives every pass one key shape: one compiled graph)
             k_BHND, v_BHND = k_all[:, :, : mask_NS.shape[1]], v_all[:, :, : mask_NS.shape[1]]
         out = attention(q_BHND, k_BHND, v_BHND, mask_NS)
         return self.dropout(self.wo(out.transpose(1, 2).reshape(b, n, d)))
@@ -320,9 +321,8 @@ class GPT(nn.Module):
         mask_NS: torch.Tensor,
         n_out: int,
     ) -> torch.Tensor:
-        """First cached pass: the class token (cache position 0) plus any known prefix and first [MASK]s."""
-        if int(pos_N[0]) != 0 or int(ids_BN[0, 0]) != CLS_ID:
-            raise ValueError("prefill starts with the class token at cache position 0")
+        """First cached pass: the class token (cache position 0) plus any known prefix and first [MASK]s.
+        Same contract as `decode_step` (unchecked: reading device tensors would stall the device)."""
         return self.decode_step(ids_BN, labels_B, pos_N, rows_N, cols_N, mask_NS, n_out)
 
     def decode_step(
