@@ -42,8 +42,8 @@ class DemoConfig:
 
 
 def _asset(cfg: DemoConfig, name: str) -> Path | None:
-    path = Path(cfg.assets) / f"{name}.safetensors"
-    return path if path.is_file() else None
+    path = Path(cfg.assets) / name  # a model folder (config.json + model.safetensors)
+    return path if (path / "model.safetensors").is_file() else None
 
 
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Copy a trained argen model file into argen/assets/ in bf16 (the shipped form).
+"""Copy a trained argen model into argen/assets/NAME/ (a model folder, bf16: the shipped form), keeping its
+training record; `scripts/export_pretrained.py NAME` then writes the full model card.
 
 python scripts/export_asset.py runs/vq_fmnist/model.safetensors vq_fmnist
 """
@@ -8,9 +9,10 @@ from pathlib import Path
 
 import torch
 
-from argen.models.checkpoints import load_model, save_model
+from argen.models.checkpoints import load_model, read_meta
+from argen.models.pretrained import save_pretrained
 
 src, name = sys.argv[1], sys.argv[2]
 assets = Path(__file__).resolve().parents[1] / "argen" / "assets"
-path = save_model(load_model(src), assets / name, torch.bfloat16)
-print(f"{path} ({path.stat().st_size / 1e6:.2f} MB)")
+folder = save_pretrained(load_model(src), assets / name, torch.bfloat16, read_meta(src).get("trained_with"))
+print(f"{folder} ({(folder / 'model.safetensors').stat().st_size / 1e6:.2f} MB)")

@@ -26,11 +26,11 @@ PROVENANCE = {
     "raster_fmnist": ("configs/raster_fmnist_cpu.json", "raster", "256 passes"),
     "ear_fmnist": ("configs/ear_fmnist_cpu.json", "ear31", "31 passes"),
     "ear_any_fmnist": ("configs/ear_any_fmnist_cpu.json", "ear_any8", "8 passes"),
-    "var_fmnist": ("configs/var_fmnist_cpu.json", "var", "5 scales"),
-    "actvar_fmnist": ("configs/actvar_fmnist_cpu.json", "actvar", "5 scales"),
-    "actvar_fast_fmnist": ("configs/actvar_fast_fmnist_cpu.json", "actvar_fast", "5 scales"),
-    "actvar_tokens_fmnist": ("configs/actvar_tokens_fmnist_cpu.json", "actvar_tokens", "5 scales"),
-    "actvar_experts_fmnist": ("configs/actvar_experts_fmnist_cpu.json", "actvar_experts", "5 scales"),
+    "var_fmnist": ("configs/var_fmnist_cpu.json", "var", "10 scales"),
+    "actvar_fmnist": ("configs/actvar_fmnist_cpu.json", "actvar", "10 scales"),
+    "actvar_fast_fmnist": ("configs/actvar_fast_fmnist_cpu.json", "actvar_fast", "10 scales"),
+    "actvar_tokens_fmnist": ("configs/actvar_tokens_fmnist_cpu.json", "actvar_tokens", "10 scales"),
+    "actvar_experts_fmnist": ("configs/actvar_experts_fmnist_cpu.json", "actvar_experts", "10 scales"),
     "classifier_fmnist": ("scripts/train_classifier.py", None, ""),
 }
 

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 from argen.config import DataConfig, TrainConfig
 from argen.eval.classifier import class_accuracy
-from argen.models.checkpoints import save_model
+from argen.models.pretrained import save_pretrained
 from argen.training.tasks import get_task
 
 
@@ -78,7 +78,7 @@ def main() -> None:
                 break
     model.eval()
     acc = test_accuracy(model, DataConfig(split="test"))
-    path = save_model(model, args.out, dtype=torch.float32)
+    path = save_pretrained(model, args.out, dtype=torch.float32)
     print(
         json.dumps(
             {

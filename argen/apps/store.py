@@ -71,8 +71,8 @@ class ModelStore:
         self.device = resolve_device(cfg.device)
         self.paths: dict[str, str] = {}
         self.meta: dict[str, dict[str, Any]] = {}
-        for path in sorted(ASSETS.glob("*.json")):
-            self._add(path.stem, str(path.with_suffix(".safetensors")))
+        for path in sorted(ASSETS.glob("*/config.json")):  # shipped model folders
+            self._add(path.parent.name, str(path.parent))
         for path in [*cfg.models, *cfg.tokenizers]:
             self._add(path, path)
         self._loaded: dict[str, nn.Module] = {}

@@ -23,7 +23,7 @@ from torch import nn
 from argen.config import from_dict
 from argen.models.checkpoints import register
 
-ASSET = Path(__file__).resolve().parent.parent / "assets" / "classifier_fmnist.safetensors"
+ASSET = Path(__file__).resolve().parent.parent / "assets" / "classifier_fmnist"
 
 
 @dataclass

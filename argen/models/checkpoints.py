@@ -116,11 +116,12 @@ def resolve_model_path(path: str | Path) -> Path:
     shipped models load by name from any working directory."""
     path = Path(path)
     given = path if path.suffix == ".safetensors" else path.with_suffix(".safetensors")
-    if path.exists() or given.exists() or len(path.parts) != 1:
+    if path.exists() or given.exists():
         return path
-    shipped = ASSETS / path.name
-    if shipped.exists() or shipped.with_suffix(".safetensors").exists():
-        return shipped
+    if path.suffix == ".safetensors" and path.with_suffix("").is_dir():
+        return path.with_suffix("")  # NAME.safetensors of a model now kept as a folder NAME/
+    if len(path.parts) == 1 and (ASSETS / path.with_suffix("").name).is_dir():
+        return ASSETS / path.with_suffix("").name
     return path
 
 
