@@ -1,0 +1,79 @@
+"""Batch-1 latency of adaptive vs fixed EAR schedules, measured side by side (interleaved rounds, medians).
+
+Adaptive decoding is a latency tool (each image runs its own schedule), so the comparison that matters is one
+image at a time. Every round samples the same images (classes 0..9, seed 0) under every setting in turn, so
+machine load affects all settings alike. Prints and writes JSON.
+
+    OMP_NUM_THREADS=1 python scripts/adaptive_latency.py --out results/fmnist/adaptive/latency.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from argen.sampling.pipeline import GenerateConfig, Pipeline
+
+SETTINGS = {
+    "fixed31": {},
+    "fixed16": {"schedule": 16},
+    "fixed12": {"schedule": 12},
+    "fixed8": {"schedule": 8},
+    "adaptive0.3": {"adaptive": 0.3},
+    "adaptive0.5": {"adaptive": 0.5},
+    "adaptive0.7": {"adaptive": 0.7},
+    "adaptive0.9": {"adaptive": 0.9},
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="ear_any_fmnist")
+    parser.add_argument("--tokenizer", default="vq_fmnist")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--out", default="results/fmnist/adaptive/latency.json")
+    args = parser.parse_args()
+    pipes = {
+        name: Pipeline.load(GenerateConfig(model=args.model, tokenizer=args.tokenizer, batch_size=1, **extra))
+        for name, extra in SETTINGS.items()
+    }
+    labels = torch.arange(10)
+    times: dict[str, list[float]] = {name: [] for name in pipes}
+    passes: dict[str, float] = {}
+    for pipe in pipes.values():  # warm-up
+        pipe.sample(labels[:2])
+    for _ in range(args.rounds):
+        for name, pipe in pipes.items():
+            t0 = time.perf_counter()
+            samples = pipe.sample(labels)
+            times[name].append((time.perf_counter() - t0) / len(labels))
+            passes[name] = samples.mean_passes
+    base = statistics.median(times["fixed31"])
+    report = {
+        "model": args.model,
+        "threads": torch.get_num_threads(),
+        "dtype": "fp32",
+        "batch_size": 1,
+        "images_per_round": len(labels),
+        "rounds": args.rounds,
+        "rows": {
+            name: {
+                "mean_passes": round(passes[name], 2),
+                "median_s_per_image": round(statistics.median(t), 4),
+                "vs_fixed31": round(statistics.median(t) / base, 3),
+            }
+            for name, t in times.items()
+        },
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
