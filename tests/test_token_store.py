@@ -168,3 +168,15 @@ def test_reading_the_whole_store_keeps_rss_small(tmp_path):
     assert growth < 0.1 * size, (
         f"peak RSS grew by {growth / 2**20:.1f} MiB reading a {size / 2**20:.0f} MiB store"
     )
+
+
+def test_training_refuses_a_store_of_a_larger_codebook(folder, tmp_path):
+    from argen.config import TrainConfig
+    from argen.training.tasks import get_task
+
+    path = write(folder, tmp_path / "big_vocab", vocab_size=100)  # the gpt debug preset has 64 entries
+    cfg = TrainConfig(task="gpt", model={"preset": "debug"}, data=DataConfig(source="tokens", root=str(path)))
+    with pytest.raises(ValueError, match=r"model\.vocab_size=100"):
+        get_task("gpt").build_dataset(cfg)
+    cfg = TrainConfig(task="gpt", model={"preset": "debug", "vocab_size": 100}, data=cfg.data)
+    assert len(get_task("gpt").build_dataset(cfg)) == 150

@@ -96,7 +96,22 @@ def gpt_dataset(cfg):
             "the gpt task trains on pre-extracted tokens: set data.source=tokens and data.root to the token "
             "store (or .npz) written by `argen tokenize` with a single-scale tokenizer"
         )
-    return build_dataset(cfg.data, cfg.seed)
+    from argen.models.gpt import gpt_config
+
+    spec = dict(cfg.model)
+    dataset = build_dataset(cfg.data, cfg.seed)
+    _check_vocab(dataset, gpt_config(spec.pop("preset", "debug"), **spec).vocab_size, cfg.data.root)
+    return dataset
+
+
+def _check_vocab(dataset, model_vocab: int, root) -> None:
+    """A token store records its codebook size; a model with a smaller vocabulary cannot embed its codes."""
+    vocab = getattr(dataset, "metadata", {}).get("vocab_size")
+    if vocab is not None and vocab > model_vocab:
+        raise ValueError(
+            f"{root} holds codes of a {vocab}-entry codebook but the model's vocabulary is {model_vocab}: "
+            f"set model.vocab_size={vocab}, or tokenize with the model's tokenizer"
+        )
 
 
 _GPT_OPTION_KEYS = {
@@ -186,6 +201,10 @@ def var_dataset(cfg):
             )
         dataset.metadata = {"tokenizer": str(spec), "tokenizer_fingerprint": tokenizer_fingerprint(vqvae)}
         return dataset
+    from argen.models.var import var_config
+
+    overrides = dict(cfg.model)
+    _check_vocab(dataset, var_config(overrides.pop("preset", "debug"), **overrides).vocab_size, cfg.data.root)
     recorded = getattr(dataset, "metadata", {}).get("tokenizer_fingerprint")
     if isinstance(spec, str) and recorded and tokenizer_fingerprint(_var_vqvae(spec, "cpu")) != recorded:
         raise ValueError(
