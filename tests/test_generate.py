@@ -16,8 +16,10 @@ from argen.cli import main
 
 
 def _generate(files: dict, out: Path, *extra: str) -> list[str]:
+    # fp32 pinned: `auto` is bf16 on CPUs with bf16 units, whose kernels may sum differently per batch size
     return ["generate", "--model", str(files["ear"]), "--tokenizer", str(files["vq"]), "--device", "cpu",
-            "--num-samples", "8", "--schedule", "4", "--out", str(out), *extra]  # fmt: skip
+            "--dtype", "fp32", "--num-samples", "8", "--schedule", "4", "--out", str(out),
+            *extra]  # fmt: skip
 
 
 def _images(folder: Path) -> np.ndarray:
