@@ -231,7 +231,7 @@ def _class_accuracy(cfg: EvalConfig, images: torch.Tensor, labels: torch.Tensor)
     """Non-standard class accuracy; None when no classifier was named and none is shipped."""
     from argen.eval.classifier import ASSET, class_accuracy, load_default_classifier
 
-    if cfg.classifier is None and not ASSET.is_file():
+    if cfg.classifier is None and not (ASSET / "model.safetensors").is_file():
         return None
     return class_accuracy(load_default_classifier(cfg.classifier, cfg.device), images, labels)
 
