@@ -333,7 +333,11 @@ class ActVAR(nn.Module):
             trace["gate"].append((score_BL, rho_L))
         idx_BnC = keep_Bn[..., None].expand(-1, -1, x_BLC.shape[-1])
         q_ids_n = self.var.scale_ids(x_BLC.device)[seg.begin : seg.end][keep_Bn[0]]
-        ste_Bn1 = _ste(torch.gather(score_BL, 1, keep_Bn))[..., None].to(x_BLC.dtype) if self.config.straight_through else 1.0
+        ste_Bn1 = (
+            _ste(torch.gather(score_BL, 1, keep_Bn))[..., None].to(x_BLC.dtype)
+            if self.config.straight_through
+            else 1.0
+        )
         x_BnC = torch.gather(x_BLC, 1, idx_BnC)
         x_BnC = x_BnC + self._sparse_attn(block, h_BLC, keep_Bn, q_ids_n, seg).mul(gamma1) * ste_Bn1
         k_Bn = torch.gather(k_BL, 1, keep_Bn) if isinstance(k_BL, torch.Tensor) else k_BL
@@ -367,7 +371,8 @@ class ActVAR(nn.Module):
         x_BLC = torch.cat(
             (
                 var.first_scale_input(cond_BD, lvl_pos_1LC),
-                var.word_embed(var_input_BLCv.to(var.word_embed.weight.dtype)) + lvl_pos_1LC[:, vc.scale_sizes[0] : length],
+                var.word_embed(var_input_BLCv.to(var.word_embed.weight.dtype))
+                + lvl_pos_1LC[:, vc.scale_sizes[0] : length],
             ),
             1,
         )
