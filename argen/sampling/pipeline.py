@@ -129,9 +129,7 @@ class Pipeline:
             "adaptive": self.cfg.adaptive,
             "sampler": self.cfg.sampler,
         }
-        dtype = getattr(self.cfg, "dtype", None)
-        if dtype is not None:
-            record["dtype"] = str(dtype)
+        record["dtype"] = str(next(self.model.parameters()).dtype)  # what ran, not "auto"
         return record
 
     @property
