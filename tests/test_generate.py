@@ -76,3 +76,14 @@ def test_two_gloo_ranks_equal_one(files: dict, tmp_path: Path, capsys) -> None:
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     _assert_same_images(_images(tmp_path / "one"), _images(tmp_path / "two"))
+
+
+def test_overwrite_into_a_new_folder_and_tuple_settings(tmp_path: Path) -> None:
+    from argen.sampling.writer import claim_folder
+
+    claim_folder(tmp_path / "new", {"schedule": (1, 3)}, overwrite=True)  # no folder yet: nothing to delete
+    shard = tmp_path / "new" / "shard_000000_000000.npz"
+    np.savez(shard, indices=np.array([0]), images=np.zeros((1, 2, 2, 1), np.uint8), labels=np.array([0]))
+    claim_folder(tmp_path / "new", {"schedule": (1, 3)})  # the same run, read back from JSON: accepted
+    with pytest.raises(ValueError, match="another run"):
+        claim_folder(tmp_path / "new", {"schedule": (1, 4)})

@@ -131,7 +131,7 @@ RUN_FILE = "run.json"
 def claim_folder(folder: str | Path, run: dict, overwrite: bool = False) -> None:
     """Record `run` (the settings that determine the samples) in `folder`, or refuse a folder that holds
     another run's samples. `overwrite` deletes that run's samples (and only those files) first."""
-    folder = Path(folder)
+    folder, run = Path(folder), json.loads(json.dumps(run))  # compare as JSON (tuples become lists)
     path = folder / RUN_FILE
     theirs = json.loads(path.read_text()) if path.is_file() else None
     present = bool(indices_on_disk(folder))
@@ -145,7 +145,7 @@ def claim_folder(folder: str | Path, run: dict, overwrite: bool = False) -> None
             )
             why += ")"
         raise ValueError(f"{folder} {why}; use another --out, or --overwrite to delete them and start clean")
-    if overwrite and theirs != run:
+    if overwrite and theirs != run and folder.is_dir():
         for p in folder.iterdir():
             if _PNG.fullmatch(p.name) or _SHARD.fullmatch(p.name):
                 p.unlink()
