@@ -34,15 +34,13 @@ def cmd_tokenize(args: argparse.Namespace) -> None:
     from argen.token_store import write_token_store
 
     info = init_distributed(args.device)
-    tok = load_model(args.tokenizer, info.device)
+    tok = load_model(args.tokenizer, info.device, expect=("vq", "msvq"))
     if tok.kind == "msvq":
 
         def encode(img: torch.Tensor) -> torch.Tensor:
             return torch.cat(tok.img_to_idxBl(img), dim=1)
-    elif tok.kind == "vq":
-        encode = tok.encode
     else:
-        raise ValueError(f"{args.tokenizer} is a {tok.kind} model, not a tokenizer (vq or msvq)")
+        encode = tok.encode
     data = DataConfig(source=args.source, root=args.root, split=args.split, image_size=args.image_size)
     dataset = build_image_dataset(data)
     channels = dataset[0][0].shape[0] if len(dataset) else tok.config.in_channels

@@ -194,13 +194,13 @@ def load_model(
     says what the file is.
     """
     weights, _ = model_files(path)
-    if expect is not None:
-        kind = read_meta(path).get("kind")
-        if kind not in expect:
-            raise CheckpointError(f"{path} is a {kind} model; this needs a {' or '.join(expect)} model")
     if not weights.is_file():
         raise CheckpointError(f"model file {weights} not found")
     meta = read_meta(path)
+    if expect is not None and meta.get("kind") not in expect:
+        raise CheckpointError(
+            f"{path} is a {meta.get('kind')} model; this needs a {' or '.join(expect)} model"
+        )
     kinds = _kinds()
     if meta.get("kind") not in kinds:
         raise CheckpointError(f"{weights}: unknown model kind {meta.get('kind')!r}; known: {sorted(kinds)}")

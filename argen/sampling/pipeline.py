@@ -22,7 +22,6 @@ from argen.models.checkpoints import (
     file_digest,
     load_model,
     read_meta,
-    resolve_model_path,
     tokenizer_fingerprint,
 )
 from argen.sampling.families import family_of
@@ -115,7 +114,7 @@ class Pipeline:
         tokenizer = load_model(cfg.tokenizer, device) if cfg.tokenizer else None
         dtype = resolve_dtype(cfg.dtype, device)
         model, tokenizer = model.to(dtype), tokenizer.to(dtype) if tokenizer is not None else None
-        return cls(model, tokenizer, cfg, read_meta(resolve_model_path(cfg.model)).get("trained_with"))
+        return cls(model, tokenizer, cfg, read_meta(cfg.model).get("trained_with"))
 
     def run_record(self) -> dict[str, Any]:
         """The settings that determine the samples (what a sample folder records): model and tokenizer
