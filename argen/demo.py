@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
+from argen.apps.reconstruct import ReconstructConfig, reconstruction_report
 from argen.io import atomic_write, atomic_write_text
-from argen.tokenizers.evaluate import reconstruction_report
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 # generator asset -> (tokenizer asset, label in the demo, extra generation settings)
@@ -54,7 +54,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     summary: dict[str, Any] = {"out": str(out)}
     t0 = time.perf_counter()
     tokenizer = _asset(cfg, "vq_fmnist") or _train_tokenizer(cfg, out, summary)
-    summary["reconstruction"] = reconstruction_report(tokenizer, out, max_images=500)
+    recon = ReconstructConfig(str(tokenizer), n=500, out=str(out), fid=False)
+    summary["reconstruction"] = reconstruction_report(recon)
     summary["generators"] = _generator_grids(cfg, out)
     if summary["generators"]:
         summary["side_by_side"] = str(_side_by_side(summary["generators"], out / "side_by_side.png"))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from argen.cli.common import print_json
-from argen.config import from_dict
+from argen.cli.common import config_flags, positive_int, print_json
+from argen.config import from_dict, load_config
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
@@ -28,9 +28,14 @@ def cmd_init(args: argparse.Namespace) -> None:
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> None:
-    from argen.tokenizers.evaluate import reconstruction_report
+    from argen.apps.reconstruct import ReconstructConfig, reconstruction_report
+    from argen.eval.evaluate import EvalConfig
 
-    print_json(reconstruction_report(args.tokenizer, args.out, args.n, args.split))
+    scoring = load_config(EvalConfig, args.config, args.set)
+    cfg = ReconstructConfig(
+        args.tokenizer, args.n, args.split, args.out, fid=not args.no_fid, scoring=scoring
+    )
+    print_json(reconstruction_report(cfg))
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -58,11 +63,20 @@ def add_models(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output path (NAME -> NAME.safetensors + NAME.json)")
     p.set_defaults(func=cmd_init)
 
-    p = sub.add_parser("reconstruct", help="tokenizer PSNR, codebook usage and a reconstruction picture")
-    p.add_argument("--tokenizer", required=True, help="argen vq or msvq model file")
-    p.add_argument("--n", type=int, default=2000, help="Fashion-MNIST images evaluated")
+    p = sub.add_parser(
+        "reconstruct",
+        help="tokenizer rFID (scored like `argen eval` samples), PSNR, codebook usage and a picture",
+    )
+    p.add_argument("--tokenizer", required=True, help="vq or msvq model (file, folder or shipped name)")
+    p.add_argument("--n", type=positive_int, default=1000, help="first N Fashion-MNIST images evaluated")
     p.add_argument("--split", default="test", help="Fashion-MNIST split")
-    p.add_argument("--out", default="out/reconstruct", help="output folder")
+    p.add_argument("--out", default="out/reconstruct", help="folder of reconstructions.png")
+    p.add_argument(
+        "--no-fid",
+        action="store_true",
+        help="PSNR, usage and perplexity only (skips the slow Inception part)",
+    )
+    config_flags(p)  # argen eval's settings: --set out=report.json writes the JSON report
     p.set_defaults(func=cmd_reconstruct)
 
     p = sub.add_parser("demo", help="the README's demo: run everything small on a CPU")
