@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from argen.config import from_dict, to_dict
-from argen.models.checkpoints import load_strict, read_official, register
+from argen.model_io import load_strict, read_official, register
 from argen.tokenizers.quantizer import ResidualQuantizer, ResidualQuantizerConfig
 from argen.tokenizers.vqgan import ConvNetConfig, Decoder, Encoder, init_conv_net
 

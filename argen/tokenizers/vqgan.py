@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from argen.config import from_dict, to_dict
-from argen.models.checkpoints import load_strict, read_official, register
+from argen.model_io import load_strict, read_official, register
 from argen.nn.attention import attention
 from argen.tokenizers.quantizer import VectorQuantizer, VectorQuantizerConfig
 
