@@ -7,7 +7,7 @@ import shutil
 
 from PIL import Image
 
-from argen.demo import ASSETS, DemoConfig, run_demo
+from argen.apps.demo import ASSETS, DemoConfig, run_demo
 
 
 def test_demo_writes_grids_gif_extension_and_summary(tmp_path):

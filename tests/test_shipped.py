@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from argen.demo import ASSETS
+from argen.apps.demo import ASSETS
 from argen.eval.classifier import class_accuracy, load_default_classifier
 from argen.eval.inception import to_uint8
 from argen.sampling.pipeline import GenerateConfig, Pipeline

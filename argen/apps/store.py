@@ -287,7 +287,7 @@ def extend(
     seed: float = 0,
 ) -> tuple[str, dict[str, Any]]:
     """EAR: keep the centre tokens of Fashion-MNIST test images and continue the spiral outward."""
-    from argen.sampling.extend import ExtendConfig, extend_images
+    from argen.apps.extend import ExtendConfig, extend_images
 
     store.check_generator(name)
     if not store.is_ear(name):

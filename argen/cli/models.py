@@ -39,7 +39,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from argen.demo import DemoConfig, run_demo
+    from argen.apps.demo import DemoConfig, run_demo
 
     cfg = from_dict(
         DemoConfig, {"out": args.out, **({"train_seconds": args.train_seconds} if args.train_seconds else {})}

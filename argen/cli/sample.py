@@ -82,7 +82,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_extend(args: argparse.Namespace) -> None:
-    from argen.sampling.extend import ExtendConfig, extend_images
+    from argen.apps.extend import ExtendConfig, extend_images
 
     cfg = ExtendConfig(
         model=args.model,

@@ -1,46 +1,30 @@
-"""EAR image extension and centre-conditioned inpainting from real images (`argen extend`).
+"""EAR image extension and centre-conditioned inpainting: keep the K x K centre tokens of images and let an
+EAR model generate the rest of the spiral on a G x G token canvas (pictures and reports: `argen.apps.extend`).
 
-Shape legend: B images, K centre crop side in tokens, n model grid, G canvas side in tokens.
+Shape legend: B images, C channels, K centre crop side in tokens, n model grid, G canvas side in tokens.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
+from torch import nn
 
-from argen.io import atomic_write_text
+from argen.orders import build_order
+from argen.sampling.ar import GenerationProcess, extend_from_centre
 from argen.sampling.logits import SamplingConfig
 
 
 @dataclass
-class ExtendConfig:
-    """Keep the K x K centre tokens of real images and let an EAR model generate the rest of the spiral.
+class Extension:
+    """images_BCHW: decoded canvases in [0, 1] (float32, CPU). box: top-left (row, col) of the kept centre in
+    the model's grid. passes: forward passes that ran."""
 
-    canvas: G, the canvas side in tokens; None or the model's grid = inpainting of the border; larger =
-        extension beyond the training canvas (needs a model with rope_mode "grid").
-    images: Fashion-MNIST test-set indices to start from. classes: class per image (None = their labels).
-    """
-
-    model: str = ""
-    tokenizer: str = ""
-    centre: int = 8
-    canvas: int | None = None
-    images: list[int] | None = None
-    classes: list[int] | None = None
-    cfg_scale: float = 2.0
-    seed: int = 0
-    device: str = "auto"
-
-    def __post_init__(self) -> None:
-        if self.centre < 1:
-            raise ValueError(f"centre must be >= 1 token, got {self.centre}")
-        if self.classes is not None and self.images is not None and len(self.classes) != len(self.images):
-            raise ValueError("give one class per image (--classes) or none")
+    images_BCHW: torch.Tensor
+    box: tuple[int, int]
+    passes: int
 
 
 def centre_box(order: Any, k: int) -> tuple[int, int]:
@@ -48,69 +32,33 @@ def centre_box(order: Any, k: int) -> tuple[int, int]:
     return int(order.rows_L[: k * k].min()), int(order.cols_L[: k * k].min())
 
 
-def extend_images(cfg: ExtendConfig, out: Path, pipe: Any = None) -> dict[str, Any]:
-    """Run extension/inpainting and write `extend.png` (rows: original | kept centre | generated).
-
-    pipe: an already loaded `Pipeline` of cfg.model and cfg.tokenizer (the app keeps its models loaded);
-    None loads them.
-    """
-    from argen.config import DataConfig
-    from argen.data import build_image_dataset
-    from argen.orders import build_order
-    from argen.sampling.ar import GenerationProcess, extend_from_centre
-    from argen.sampling.images import save_grid
-    from argen.sampling.pipeline import GenerateConfig, Pipeline
-
-    pipe = pipe or Pipeline.load(GenerateConfig(model=cfg.model, tokenizer=cfg.tokenizer, device=cfg.device))
-    if getattr(pipe.model.config, "order", None) != "spiral":
+def extension_canvas(model: nn.Module, centre: int, canvas: int | None) -> int:
+    """The canvas side G (None = the model's grid: inpainting), after checking that `model` can run it."""
+    if getattr(model.config, "order", None) != "spiral":
         raise ValueError("extension needs a spiral (EAR) GPT model")
-    model, n = pipe.model, pipe.model.config.grid
-    canvas = cfg.canvas or n
-    if not cfg.centre <= n <= canvas:
-        raise ValueError(f"need centre ({cfg.centre}) <= model grid ({n}) <= canvas ({canvas})")
-    data = build_image_dataset(DataConfig(split="test"))
-    indices = cfg.images or [0, 1, 2, 3]
-    bad = [i for i in indices if not 0 <= i < len(data)]
-    if bad:
-        raise ValueError(f"--images {bad}: the Fashion-MNIST test split has images 0..{len(data) - 1}")
-    device = next(model.parameters()).device
-    img_BCHW = torch.stack([data[i][0] for i in indices]).to(device)
-    labels_B = torch.tensor(cfg.classes or [data[i][1] for i in indices], device=device)
-    labels_B = pipe.check_labels(labels_B).to(device)
-    with torch.no_grad():
-        codes = pipe.tokenizer.encode(img_BCHW)
-        r0, c0 = centre_box(build_order("spiral", n), cfg.centre)
-        centre = codes[:, r0 : r0 + cfg.centre, c0 : c0 + cfg.centre]
-        process = GenerationProcess.for_model(
-            model, SamplingConfig(cfg_scale=cfg.cfg_scale, seed=cfg.seed), order="spiral", grid=canvas
-        )
-        res = extend_from_centre(model, labels_B, centre, process)
-        generated = pipe.tokenizer.decode_codes(res.tokens_BL.view(-1, canvas, canvas)).add(1).div(2)
-        generated = generated.float().cpu()
-    size = generated.shape[-1]
-    orig_px = img_BCHW.add(1).div(2).float().cpu()
-    kept = _pad_to(_keep_box(orig_px, n, (r0, c0), cfg.centre), size)
-    panel = torch.stack([_pad_to(orig_px, size), kept, generated], dim=1).flatten(0, 1)
-    path = save_grid(panel, out / "extend.png", nrow=3, scale=3)
-    report = {
-        "image": str(path),
-        "canvas_tokens": canvas,
-        "centre_tokens": cfg.centre,
-        "mode": "extension" if canvas > n else "inpainting",
-        "passes": res.passes,
-    }
-    atomic_write_text(out / "extend.json", json.dumps(report, indent=2) + "\n")
-    return report
+    n = model.config.grid
+    canvas = canvas or n
+    if not centre <= n <= canvas:
+        raise ValueError(f"need centre ({centre}) <= model grid ({n}) <= canvas ({canvas})")
+    return canvas
 
 
-def _keep_box(img_BCHW: torch.Tensor, grid: int, box: tuple[int, int], k: int) -> torch.Tensor:
-    """Grey out everything but the pixels under the kept K x K tokens at `box` (for display)."""
-    per_token = img_BCHW.shape[-1] // grid
-    (r0, c0), keep = box, torch.zeros_like(img_BCHW)
-    keep[..., r0 * per_token : (r0 + k) * per_token, c0 * per_token : (c0 + k) * per_token] = 1
-    return img_BCHW * keep + 0.5 * (1 - keep)
-
-
-def _pad_to(img_BCHW: torch.Tensor, size: int) -> torch.Tensor:
-    pad = size - img_BCHW.shape[-1]
-    return F.pad(img_BCHW, (pad // 2, pad - pad // 2, pad // 2, pad - pad // 2), value=0.5)
+@torch.no_grad()
+def extend_images_from_centre(
+    model: nn.Module,
+    tokenizer: nn.Module,
+    img_BCHW: torch.Tensor,
+    labels_B: torch.Tensor,
+    centre: int,
+    canvas: int | None,
+    sampling: SamplingConfig,
+) -> Extension:
+    """Encode images (B, C, H, W) in [-1, 1], keep their K x K centre tokens, generate the rest of a G x G
+    spiral canvas for classes `labels_B` and decode it."""
+    canvas = extension_canvas(model, centre, canvas)
+    codes = tokenizer.encode(img_BCHW)
+    r0, c0 = centre_box(build_order("spiral", model.config.grid), centre)
+    process = GenerationProcess.for_model(model, sampling, order="spiral", grid=canvas)
+    res = extend_from_centre(model, labels_B, codes[:, r0 : r0 + centre, c0 : c0 + centre], process)
+    generated = tokenizer.decode_codes(res.tokens_BL.view(-1, canvas, canvas)).add(1).div(2)
+    return Extension(generated.float().cpu(), (r0, c0), res.passes)

@@ -15,10 +15,11 @@ from typing import Any
 
 import torch
 
+from argen.apps.extend import ExtendConfig, extend_images
 from argen.apps.reconstruct import ReconstructConfig, reconstruction_report
 from argen.io import atomic_write, atomic_write_text
+from argen.model_io import ASSETS
 
-ASSETS = Path(__file__).resolve().parent / "assets"
 # generator asset -> (tokenizer asset, label in the demo, extra generation settings)
 GENERATORS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "raster_fmnist": ("vq_fmnist", "raster (LlamaGen)", {}),
@@ -153,8 +154,6 @@ def _side_by_side(rows: list[dict[str, Any]], path: Path) -> Path:
 
 
 def _extension(cfg: DemoConfig, out: Path) -> dict[str, Any]:
-    from argen.sampling.extend import ExtendConfig, extend_images
-
     ecfg = ExtendConfig(
         model=str(_asset(cfg, "ear_fmnist")),
         tokenizer=str(_asset(cfg, "vq_fmnist")),
