@@ -169,7 +169,7 @@ def _masked_dense_reference(model: ActVAR, labels: torch.Tensor, var_input: torc
     return var.logits(x, cond)
 
 
-@pytest.mark.parametrize("backend", ["padded", "segment"])
+@pytest.mark.parametrize("backend", ["padded", "segment", "masked", "auto"])
 def test_sparse_equals_masked_dense_reference(backend: str) -> None:
     var = _random_var()
     cfg = ActVARConfig(

@@ -182,9 +182,11 @@ def _actvar_block_flops(config: Any, si: int, rows: int, sparse: bool) -> int:
     """Transformer-block FLOPs (attention projections, attention core, FFN, router, gate, adapter) of one
     cached scale for `rows` sequences, all blocks summed; `sparse=False` gives the dense VAR's count."""
     from argen.models.actvar import kept_count
+    from argen.nn.moe import sparse_ffn_class
 
+    ffn_flops = sparse_ffn_class(config.ffn).flops
     vc = config.var
-    C, H, E, depth = vc.dim, vc.hidden, config.num_experts, vc.depth
+    C, E, depth = vc.dim, config.num_experts, vc.depth
     begin, end = vc.scale_bounds[si]
     size = end - begin
     k = config.experts_k[si] if sparse else E
@@ -196,9 +198,7 @@ def _actvar_block_flops(config: Any, si: int, rows: int, sparse: bool) -> int:
         n_all, n_keep = rows * size, rows * keep
         total += linear_flops(n_all, C, 2 * C) + linear_flops(n_keep, C, C)  # k/v for all, q for kept
         total += linear_flops(n_keep, C, C) + rows * attention_flops(keep, end, C, vc.num_heads)
-        total += linear_flops(n_keep, C, H * k // E) + linear_flops(n_keep, H * k // E, C)
-        if k < E:
-            total += linear_flops(n_keep, C, E)  # router
+        total += ffn_flops(config.moe, n_keep, k)  # experts (and router when k < E)
         if block in gated:
             # gate logit and the low-rank adapter (down + up), both on every token of the scale
             total += linear_flops(n_all, C, 1) + 2 * linear_flops(n_all, C, config.adapter_rank)
@@ -212,8 +212,10 @@ def actvar_sampling_flops(
 
     Same convention as `var_sampling_flops` (matmuls only; embed, AdaLN and head are taken from it): per
     block, keys/values are projected for every token, queries/output projection/attention/FFN only for the
-    ceil(rho * l) kept tokens, each with k of E experts; routers (k < E), gates and adapters are counted.
-    The "segment" expert backend executes exactly this; "padded" adds its padding rows.
+    ceil(rho * l) kept tokens, each with k of E experts (the sparse FFN variant's own `flops`); routers
+    (k < E), gates and adapters are counted. The "segment" expert backend executes exactly this; "padded"
+    adds its padding rows and "masked" (chosen by "auto" where expert matmuls are too small to pay) runs
+    the dense FFN's FLOPs for the kept tokens.
 
     Args:
         config: `argen.models.actvar.ActVARConfig`. batch / cfg / adaln_per_scale: as `var_sampling_flops`.

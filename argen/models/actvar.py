@@ -3,11 +3,12 @@
 Shape legend: B batch, L tokens (all scales or a prefix), l tokens of one scale, n kept tokens, C width,
 V vocabulary, Cv VQVAE channels, E experts, S scales, H heads, Dh head dim.
 
-The dense VAR is held as `self.var` (same parameter names, FFNs replaced by `MoEFFN`, which keeps fc1/fc2),
-so its embeddings, modulations, head and cache helpers are reused as they are. Only the block loop differs:
-per block and scale, a gate keeps the top ceil(rho * l) tokens; kept tokens run attention (keys/values of
-every token) and their top-k experts; the others take `x + up(down(h))` (a zero-initialised low-rank adapter)
-and keep their place in the sequence. With every expert on and rho = 1 the computation is VAR's own.
+The dense VAR is held as `self.var` (same parameter names, FFNs replaced by a sparse FFN variant such as
+`MoEFFN`, which keeps fc1/fc2), so its embeddings, modulations, blocks, head and cache helpers are reused as
+they are. ActVAR only decides, per block and scale, which tokens a VAR block computes and with how many
+experts: a gate keeps the top ceil(rho * l) tokens, which run VAR's block (their queries against every
+token's keys/values, their top-k experts); the others take `x + up(down(h))` (a zero-initialised low-rank
+adapter) and keep their place in the sequence. With every expert on and rho = 1 the computation is VAR's.
 """
 
 from __future__ import annotations
@@ -18,15 +19,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from argen.models.checkpoints import load_strict, register
-from argen.models.var import MAX_LOG_SCALE, VAR, VARConfig
 from argen.models.var import PRESETS as VAR_PRESETS
-from argen.nn.attention import attention
+from argen.models.var import VAR, VARConfig
+from argen.nn.layers import Mods
 from argen.nn.masks import group_mask
-from argen.nn.moe import MoEConfig, MoEFFN, fp32_linear
+from argen.nn.moe import MoEConfig, fp32_linear, sparse_ffn_class
 
 
 @dataclass
@@ -44,7 +44,8 @@ class ActVARConfig:
         block's real update (tiny at the official initialisation) and trains stably whatever that scale.
     kmeans_iters / split_seed: balanced k-means used to split each FFN (block i uses seed split_seed + i).
     straight_through: router/gate scores scale the kept outputs by exactly 1 while passing gradients.
-    expert_backend: grouped expert kernel layout ("auto", "padded", "segment"; see argen.nn.moe).
+    expert_backend: how chosen experts run ("auto", "padded", "segment", "masked"; see argen.nn.moe).
+    ffn: the sparse FFN variant (a name registered with `argen.nn.moe.register_sparse_ffn`).
     """
 
     var: VARConfig = field(default_factory=VARConfig)
@@ -57,10 +58,12 @@ class ActVARConfig:
     split_seed: int = 0
     straight_through: bool = True
     expert_backend: str = "auto"
+    ffn: str = "moe"
 
     def __post_init__(self) -> None:
         num_scales, depth = len(self.var.patch_nums), self.var.depth
-        MoEConfig(self.var.dim, self.var.hidden, self.num_experts, backend=self.expert_backend)  # validates
+        sparse_ffn_class(self.ffn)  # validates the name
+        self.moe  # noqa: B018 (validates the expert split)
         self.experts_k = tuple(int(k) for k in (self.experts_k or (self.num_experts,) * num_scales))
         self.keep_ratio = tuple(float(r) for r in (self.keep_ratio or (1.0,) * num_scales))
         if self.gate_layers is not None:
@@ -82,6 +85,14 @@ class ActVARConfig:
     @property
     def gated(self) -> tuple[int, ...]:
         return tuple(range(self.var.depth)) if self.gate_layers is None else self.gate_layers
+
+    @property
+    def moe(self) -> MoEConfig:
+        """The sparse FFNs' config."""
+        vc = self.var
+        return MoEConfig(
+            vc.dim, vc.hidden, self.num_experts, self.straight_through, self.expert_backend, self.kmeans_iters
+        )
 
 
 def _last3(n: int, dense: Any, sparse: Any) -> tuple:
@@ -145,18 +156,21 @@ class TokenSelector(nn.Module):
 
 @dataclass
 class _Segment:
-    """Which positions a block call covers: scales `scales` = sequence range [begin, end)."""
+    """The positions a block loop covers (scales `scales` = sequence range [begin, end)) and the settings
+    per position, computed once per forward or cached step.
+
+    ids_L: scale id of each position. rho_L: keep ratio per position. k: experts per token (None = all, an
+    int when uniform, else an (L,) tensor). pos_l: the positions when cached (written to the KV cache).
+    """
 
     scales: tuple[int, ...]
     begin: int
     end: int
     cached: bool
-
-
-def _modulated(
-    block: nn.Module, x_BLC: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor
-) -> torch.Tensor:
-    return block.ln_wo_grad(x_BLC).mul(scale.add(1)).add(shift)
+    ids_L: torch.Tensor
+    rho_L: torch.Tensor
+    k: torch.Tensor | int | None
+    pos_l: torch.Tensor | None
 
 
 def _ste(score: torch.Tensor) -> torch.Tensor:
@@ -174,11 +188,9 @@ class ActVAR(nn.Module):
         self.config = config
         vc = config.var
         self.var = VAR(vc)
-        moe_cfg = MoEConfig(
-            vc.dim, vc.hidden, config.num_experts, config.straight_through, config.expert_backend
-        )
+        ffn_cls = sparse_ffn_class(config.ffn)
         for block in self.var.blocks:
-            block.ffn = MoEFFN(moe_cfg)
+            block.ffn = ffn_cls(config.moe)
         self.selectors = nn.ModuleDict(
             {str(i): TokenSelector(vc.dim, config.adapter_rank) for i in config.gated}
         )
@@ -199,15 +211,10 @@ class ActVAR(nn.Module):
             raise ValueError("ActVARConfig.var must equal the dense model's config; pass var=teacher.config")
         model = cls(config).to(device=var.pos_1LC.device, dtype=var.pos_1LC.dtype)
         model.var = copy.deepcopy(var)
+        ffn_cls = sparse_ffn_class(config.ffn)
         for i, block in enumerate(model.var.blocks):
-            block.ffn = MoEFFN.from_dense(
-                block.ffn.fc1,
-                block.ffn.fc2,
-                config.num_experts,
-                config.kmeans_iters,
-                config.split_seed + i,
-                config.straight_through,
-                config.expert_backend,
+            block.ffn = ffn_cls.from_dense(
+                block.ffn.fc1, block.ffn.fc2, config.moe, seed=config.split_seed + i
             )
         return model
 
@@ -221,19 +228,19 @@ class ActVAR(nn.Module):
         return dense
 
     # --------------------------------------------------------------------------------------- block
-    def _per_position(self, values: tuple, seg: _Segment, device: torch.device) -> torch.Tensor:
-        """(L,) per-scale setting repeated over each scale's positions in the segment."""
-        sizes = torch.tensor([self.config.var.scale_sizes[s] for s in seg.scales], device=device)
-        return torch.repeat_interleave(torch.tensor([values[s] for s in seg.scales], device=device), sizes)
+    def _segment(self, scales: tuple[int, ...], cached: bool, device: torch.device) -> _Segment:
+        cfg, vc = self.config, self.config.var
+        begin, end = vc.scale_bounds[scales[0]][0], vc.scale_bounds[scales[-1]][1]
+        sizes = torch.tensor([vc.scale_sizes[s] for s in scales], device=device)
 
-    def _experts_per_token(self, seg: _Segment, x_BLC: torch.Tensor) -> torch.Tensor | int | None:
-        """None = all experts everywhere (no routing); an int for one scale; else a (B, L) tensor."""
-        ks = {self.config.experts_k[s] for s in seg.scales}
-        if ks == {self.config.num_experts}:
-            return None
-        if len(ks) == 1:
-            return ks.pop()
-        return self._per_position(self.config.experts_k, seg, x_BLC.device).expand(x_BLC.shape[0], -1)
+        def per_position(values: tuple) -> torch.Tensor:
+            return torch.repeat_interleave(torch.tensor([values[s] for s in scales], device=device), sizes)
+
+        ks = {cfg.experts_k[s] for s in scales}
+        k = None if ks == {cfg.num_experts} else ks.pop() if len(ks) == 1 else per_position(cfg.experts_k)
+        ids_L = self.var.scale_ids(device)[begin:end]
+        pos_l = torch.arange(begin, end, device=device) if cached else None
+        return _Segment(scales, begin, end, cached, ids_L, per_position(cfg.keep_ratio), k, pos_l)
 
     def _keep_index(
         self, i: int, h_BLC: torch.Tensor, seg: _Segment
@@ -252,97 +259,48 @@ class ActVAR(nn.Module):
             offset += size
         return torch.cat(parts, dim=1), score_BL
 
-    def _sparse_attn(
-        self,
-        block: nn.Module,
-        h_BLC: torch.Tensor,
-        keep_Bn: torch.Tensor,
-        q_ids_n: torch.Tensor,
-        seg: _Segment,
-    ) -> torch.Tensor:
-        """Attention output (B, n, C) of the kept queries; keys/values of every token in the segment.
-
-        Re-states SelfAttention's projection because only the kept tokens' queries are computed.
-        """
-        attn = block.attn
-        B, L, C = h_BLC.shape
-        H, Dh = attn.num_heads, attn.head_dim
-        w = attn.mat_qkv.weight
-        kv = F.linear(h_BLC, w[C:], torch.cat((torch.zeros_like(attn.v_bias), attn.v_bias)))
-        k_BHLD, v_BHLD = kv.view(B, L, 2, H, Dh).permute(2, 0, 3, 1, 4).unbind(0)
-        h_BnC = torch.gather(h_BLC, 1, keep_Bn[..., None].expand(-1, -1, C))
-        q_BHnD = F.linear(h_BnC, w[:C], attn.q_bias).view(B, -1, H, Dh).transpose(1, 2)
-        scale = 0.25 / math.sqrt(Dh)
-        if attn.l2_norm:
-            scale = 1.0
-            q_BHnD = F.normalize(q_BHnD, dim=-1) * attn.scale_mul_1H11.clamp_max(MAX_LOG_SCALE).exp()
-            k_BHLD = F.normalize(k_BHLD, dim=-1)
-        k_ids = self.var.scale_ids(h_BLC.device)[: seg.end]
-        if seg.cached:
-            k_all, v_all = attn.cache.update(
-                torch.arange(seg.begin, seg.end, device=h_BLC.device), k_BHLD, v_BHLD
-            )
-            k_BHLD, v_BHLD = k_all[:, :, : seg.end], v_all[:, :, : seg.end]
-        else:
-            k_ids = k_ids[seg.begin :]
-        # A cached step's queries share one scale and the cache prefix holds exactly the scales it may see.
-        mask_nS = None if seg.cached else group_mask(q_ids_n, k_ids)
-        out = attention(q_BHnD, k_BHLD, v_BHLD, mask_nS, scale=scale)
-        return attn.proj(out.transpose(1, 2).reshape(B, -1, C))
-
-    def _ffn(
-        self,
-        block: nn.Module,
-        x_BnC: torch.Tensor,
-        mods: tuple,
-        k_Bn: torch.Tensor | int | None,
-        trace: dict | None,
-    ) -> torch.Tensor:
-        """Gated FFN update of (B, n, C) tokens with k_Bn experts each (an int when uniform; None = all
-        experts: the dense path)."""
-        _, gamma2, _, scale2, _, shift2 = mods
-        h_BnC = _modulated(block, x_BnC, scale2, shift2)
-        if trace is not None:
-            k = k_Bn if isinstance(k_Bn, torch.Tensor) else self.config.num_experts if k_Bn is None else k_Bn
-            k = k if isinstance(k, torch.Tensor) else torch.full(h_BnC.shape[:2], k, device=h_BnC.device)
-            trace["router"].append((block.ffn.router_logits(h_BnC), k))
-        return block.ffn(h_BnC, k_Bn).mul(gamma2)
-
     def _block(
         self,
         i: int,
         x_BLC: torch.Tensor,
-        mods: tuple,
+        mods: Mods,
         seg: _Segment,
         mask_LL: torch.Tensor | None,
         trace: dict | None,
     ) -> torch.Tensor:
-        """One block over the segment's tokens, (B, L, C) -> (B, L, C)."""
+        """VAR's block i over the segment's kept tokens, (B, L, C) -> (B, L, C)."""
         block = self.var.blocks[i]
-        gamma1, _, scale1, _, shift1, _ = mods
-        k_BL = self._experts_per_token(seg, x_BLC)
-        h_BLC = _modulated(block, x_BLC, scale1, shift1)
+        ffn_kwargs: dict = {} if trace is None else {"router_trace": trace["router"]}
+        h_BLC = block.attn_input(x_BLC, mods)
         keep = self._keep_index(i, h_BLC, seg)
-        if keep is None:  # every token computed: VAR's own attention branch
-            pos_l = torch.arange(seg.begin, seg.end, device=x_BLC.device) if seg.cached else None
-            x_BLC = x_BLC + block.attn_branch(x_BLC, mods, mask_LL, pos_l, seg.end if seg.cached else None)
-            return x_BLC + self._ffn(block, x_BLC, mods, k_BL, trace)
+        end = seg.end if seg.cached else None
+        if keep is None:  # every token computed: VAR's own block
+            k = seg.k.expand(x_BLC.shape[0], -1) if isinstance(seg.k, torch.Tensor) else seg.k
+            return block(x_BLC, mods, mask_LL, seg.pos_l, end, h_BLC=h_BLC, k=k, **ffn_kwargs)
         keep_Bn, score_BL = keep
         if trace is not None:
-            rho_L = self._per_position(self.config.keep_ratio, seg, x_BLC.device)
-            trace["gate"].append((score_BL, rho_L))
-        idx_BnC = keep_Bn[..., None].expand(-1, -1, x_BLC.shape[-1])
-        q_ids_n = self.var.scale_ids(x_BLC.device)[seg.begin : seg.end][keep_Bn[0]]
-        ste_Bn1 = (
-            _ste(torch.gather(score_BL, 1, keep_Bn))[..., None].to(x_BLC.dtype)
-            if self.config.straight_through
-            else 1.0
+            trace["gate"].append((score_BL, seg.rho_L))
+        # kept positions share their scale ids across the batch (a fixed count per scale), and a cached
+        # step's cache prefix holds exactly the scales its queries may see
+        mask_nS = None if seg.cached else group_mask(seg.ids_L[keep_Bn[0]], seg.ids_L)
+        weight_Bn1 = None
+        if self.config.straight_through and torch.is_grad_enabled():
+            weight_Bn1 = _ste(torch.gather(score_BL, 1, keep_Bn))[..., None].to(x_BLC.dtype)
+        k = seg.k[keep_Bn] if isinstance(seg.k, torch.Tensor) else seg.k
+        x_BnC = block(
+            x_BLC,
+            mods,
+            mask_nS,
+            seg.pos_l,
+            end,
+            h_BLC=h_BLC,
+            rows_Bn=keep_Bn,
+            weight_Bn1=weight_Bn1,
+            k=k,
+            **ffn_kwargs,
         )
-        x_BnC = torch.gather(x_BLC, 1, idx_BnC)
-        x_BnC = x_BnC + self._sparse_attn(block, h_BLC, keep_Bn, q_ids_n, seg).mul(gamma1) * ste_Bn1
-        k_Bn = torch.gather(k_BL, 1, keep_Bn) if isinstance(k_BL, torch.Tensor) else k_BL
-        x_BnC = x_BnC + self._ffn(block, x_BnC, mods, k_Bn, trace) * ste_Bn1
-        recon_BLC = self.selectors[str(i)].reconstruct(h_BLC, gamma1 + mods[1])
+        recon_BLC = self.selectors[str(i)].reconstruct(h_BLC, mods.gamma1 + mods.gamma2)
+        idx_BnC = keep_Bn[..., None].expand(-1, -1, x_BLC.shape[-1])
         return (x_BLC + recon_BLC).scatter(1, idx_BnC, x_BnC)
 
     # -------------------------------------------------------------------------------- entry points
@@ -376,20 +334,19 @@ class ActVAR(nn.Module):
             ),
             1,
         )
-        seg = _Segment(tuple(range(ends.index(length) + 1)), 0, length, cached=False)
-        mask_LL = var.block_causal_mask(length, x_BLC.device)
+        seg = self._segment(tuple(range(ends.index(length) + 1)), False, x_BLC.device)
+        mask_LL = group_mask(seg.ids_L)
         for i, mods in enumerate(var.block_mods(cond_BD)):
             x_BLC = self._block(i, x_BLC, mods, seg, mask_LL, trace)
         if trace is not None:
             trace["hidden"] = x_BLC
         return var.logits(x_BLC, cond_BD)
 
-    def step(self, si: int, x_BlC: torch.Tensor, cond_BD: torch.Tensor, mods: list) -> torch.Tensor:
+    def step(self, si: int, x_BlC: torch.Tensor, cond_BD: torch.Tensor, mods: list[Mods]) -> torch.Tensor:
         """One cached scale (same contract as `VAR.step`): kept tokens computed, every token's K/V written."""
-        begin, end = self.config.var.scale_bounds[si]
-        seg = _Segment((si,), begin, end, cached=True)
-        for i, block_mods in enumerate(mods):
-            x_BlC = self._block(i, x_BlC, block_mods, seg, None, None)
+        seg = self._segment((si,), True, x_BlC.device)
+        for i, mods_b in enumerate(mods):
+            x_BlC = self._block(i, x_BlC, mods_b, seg, None, None)
         return self.var.logits(x_BlC, cond_BD)
 
     def sampling_view(self) -> _SamplingView:

@@ -20,7 +20,7 @@ from argen.config import from_dict
 from argen.models.checkpoints import drop_keys, load_strict, read_official, register
 from argen.nn.attention import attention
 from argen.nn.kv_cache import kv_caches
-from argen.nn.layers import LabelEmbedder, RMSNorm, SwiGLU, swiglu_hidden
+from argen.nn.layers import LabelEmbedder, RMSNorm, SwiGLU, block_mods, modulate, swiglu_hidden
 from argen.nn.masks import group_mask
 from argen.nn.rope import CLS_ROW, apply_rope, rope_table
 from argen.orders import GenerationOrder
@@ -186,9 +186,10 @@ class Block(nn.Module):
         if self.ada_lin is None:
             h = x_BND + self.attention(self.attention_norm(x_BND), table_NK2, mask_NS, pos_N)
             return h + self.feed_forward(self.ffn_norm(h))
-        g1, g2, s1, s2, b1, b2 = self.ada_lin(cond_BD).view(-1, 1, 6, self.dim).unbind(2)
-        h = x_BND + g1 * self.attention(self.attention_norm(x_BND) * (1 + s1) + b1, table_NK2, mask_NS, pos_N)
-        return h + g2 * self.feed_forward(self.ffn_norm(h) * (1 + s2) + b2)
+        m = block_mods(self.ada_lin(cond_BD), self.dim)
+        attn_in = modulate(self.attention_norm(x_BND), m.scale1, m.shift1)
+        h = x_BND + m.gamma1 * self.attention(attn_in, table_NK2, mask_NS, pos_N)
+        return h + m.gamma2 * self.feed_forward(modulate(self.ffn_norm(h), m.scale2, m.shift2))
 
 
 @register("gpt", GPTConfig)

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -19,14 +20,13 @@ from torch import nn
 from argen.models.checkpoints import drop_keys, load_model, load_strict, read_official, register
 from argen.nn.attention import attention
 from argen.nn.kv_cache import kv_caches
+from argen.nn.layers import Mods, block_mods, gather_rows, modulate
 from argen.nn.masks import group_mask, groups_from_sizes
 
 # Official attention clamps its learnable log-scale at log(100), computed in fp32.
 MAX_LOG_SCALE = torch.tensor(100.0).log().item()
 # Buffers of the official state dict that argen derives from the config (accepted, never required).
 DERIVED_BUFFERS = (r"lvl_1L", r"attn_bias_for_masking", r"blocks\.\d+\.attn\.zero_k_bias")
-
-Mods = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 @dataclass
@@ -133,7 +133,8 @@ class SelfAttention(nn.Module):
     """Multi-head self-attention with q/v biases (zero k bias) and optional cosine (l2-normalised) scores.
 
     While `self.cache` holds a `KVCache` (set by `VAR.kv_caches`), keys/values are written at `pos_l` and the
-    queries read the cache prefix `[0, end)`.
+    queries read the cache prefix `[0, end)`. With `rows_Bn`, only those rows ask queries (ActVAR's kept
+    tokens); every row still gives its key and value.
     """
 
     def __init__(self, config: VARConfig) -> None:
@@ -148,30 +149,54 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(C, C)
         self.cache = None
 
+    def project(
+        self, h_BLC: torch.Tensor, rows_Bn: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries (B, H, n, Dh) of `rows_Bn` (all L rows when None), keys and values (B, H, L, Dh) of every
+        row; cosine attention's normalisation and learned scale applied."""
+        B, L, C = h_BLC.shape
+        H, Dh = self.num_heads, self.head_dim
+        zeros = torch.zeros_like(self.q_bias)
+        if rows_Bn is None:
+            qkv = F.linear(h_BLC, self.mat_qkv.weight, torch.cat((self.q_bias, zeros, self.v_bias)))
+            q_BHnD, k_BHLD, v_BHLD = qkv.view(B, L, 3, H, Dh).permute(2, 0, 3, 1, 4).unbind(0)
+        else:
+            w = self.mat_qkv.weight
+            kv = F.linear(h_BLC, w[C:], torch.cat((zeros, self.v_bias)))
+            k_BHLD, v_BHLD = kv.view(B, L, 2, H, Dh).permute(2, 0, 3, 1, 4).unbind(0)
+            q = F.linear(gather_rows(h_BLC, rows_Bn), w[:C], self.q_bias)
+            q_BHnD = q.view(B, -1, H, Dh).transpose(1, 2)
+        if self.l2_norm:
+            q_BHnD = F.normalize(q_BHnD, dim=-1) * self.scale_mul_1H11.clamp_max(MAX_LOG_SCALE).exp()
+            k_BHLD = F.normalize(k_BHLD, dim=-1)
+        return q_BHnD, k_BHLD, v_BHLD
+
     def forward(
         self,
-        x_BLC: torch.Tensor,
-        mask_LS: torch.Tensor | None = None,
+        h_BLC: torch.Tensor,
+        mask_nS: torch.Tensor | None = None,
         pos_l: torch.Tensor | None = None,
         end: int | None = None,
+        rows_Bn: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """(B, L, C) -> (B, L, C). `mask_LS` for teacher forcing; `pos_l`/`end` when a cache is attached."""
-        B, L, C = x_BLC.shape
-        bias = torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias))
-        qkv = F.linear(x_BLC, self.mat_qkv.weight, bias).view(B, L, 3, self.num_heads, self.head_dim)
-        q_BHLD, k_BHLD, v_BHLD = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        scale = 0.25 / math.sqrt(self.head_dim)
-        if self.l2_norm:
-            scale = 1.0
-            q_BHLD = F.normalize(q_BHLD, dim=-1) * self.scale_mul_1H11.clamp_max(MAX_LOG_SCALE).exp()
-            k_BHLD = F.normalize(k_BHLD, dim=-1)
+        """(B, L, C) -> (B, n, C) (n = L without `rows_Bn`).
+
+        Args:
+            h_BLC: modulated block input.
+            mask_nS: boolean mask of the queried rows for teacher forcing (None = no mask / cached step).
+            pos_l, end: when a cache is attached, the positions of the L rows and the prefix end to read.
+            rows_Bn: rows that ask queries (None = all).
+        """
+        B, _, C = h_BLC.shape
+        q_BHnD, k_BHLD, v_BHLD = self.project(h_BLC, rows_Bn)
         if self.cache is not None:
             if pos_l is None or end is None:
                 raise ValueError("a cached attention step needs the positions `pos_l` and prefix `end`")
             k_all, v_all = self.cache.update(pos_l, k_BHLD, v_BHLD)
             k_BHLD, v_BHLD = k_all[:, :, :end], v_all[:, :, :end]
-        out_BHLD = attention(q_BHLD, k_BHLD, v_BHLD, mask_LS, scale=scale)
-        return self.proj(out_BHLD.transpose(1, 2).reshape(B, L, C))
+        scale = 1.0 if self.l2_norm else 0.25 / math.sqrt(self.head_dim)
+        out_BHnD = attention(q_BHnD, k_BHLD, v_BHLD, mask_nS, scale=scale)
+        return self.proj(out_BHnD.transpose(1, 2).reshape(B, -1, C))
 
 
 class FFN(nn.Module):
@@ -191,9 +216,9 @@ class AdaLNBlock(nn.Module):
     """Pre-norm transformer block modulated by the class condition (AdaLN-Zero style, official layout).
 
     `h = x + gamma1 * attn(norm(x) * (1 + scale1) + shift1)`; `out = h + gamma2 * ffn(norm(h) * (1 + scale2)
-    + shift2)`. The three steps are separate methods so subclasses (ActVAR) can replace the FFN branch, or run
-    a branch on a subset of tokens, without touching the rest:
-    `modulation(cond)` -> 6 vectors, `attn_branch(x, mods, ...)` / `ffn_branch(x, mods)` -> residual updates.
+    + shift2)`. `forward` can run on a subset of rows (ActVAR's kept tokens: their queries attend to every
+    row) and passes extra keyword arguments to the FFN (ActVAR's sparse FFN takes its experts per token).
+    The modulated inputs reach `self.attn` and `self.ffn` as their first argument (forward hooks see them).
     """
 
     def __init__(self, config: VARConfig, drop_path: float = 0.0) -> None:
@@ -209,14 +234,16 @@ class AdaLNBlock(nn.Module):
             self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(C, 6 * C))
 
     def modulation(self, cond: torch.Tensor) -> Mods:
-        """gamma1, gamma2, scale1, scale2, shift1, shift2, each (B, 1, C).
+        """The block's `Mods`, each (B, 1, C).
 
         Args:
             cond: (B, D) class embedding, or (B, 1, 6, C) output of the shared modulation when `shared_aln`.
         """
-        if self.shared_aln:
-            return tuple((self.ada_gss + cond).unbind(2))
-        return tuple(self.ada_lin(cond).view(-1, 1, 6, self.dim).unbind(2))
+        return block_mods(self.ada_gss + cond if self.shared_aln else self.ada_lin(cond), self.dim)
+
+    def attn_input(self, x_BLC: torch.Tensor, mods: Mods) -> torch.Tensor:
+        """(B, L, C) modulated attention input."""
+        return modulate(self.ln_wo_grad(x_BLC), mods.scale1, mods.shift1)
 
     def attn_branch(
         self,
@@ -227,28 +254,46 @@ class AdaLNBlock(nn.Module):
         end: int | None = None,
     ) -> torch.Tensor:
         """Gated attention update (B, L, C), to be added to `x_BLC`."""
-        gamma1, _, scale1, _, shift1, _ = mods
-        h_BLC = self.ln_wo_grad(x_BLC).mul(scale1.add(1)).add_(shift1)
-        return self.attn(h_BLC, mask_LS, pos_l, end).mul_(gamma1)
+        return self.attn(self.attn_input(x_BLC, mods), mask_LS, pos_l, end).mul_(mods.gamma1)
 
-    def ffn_branch(self, x_BLC: torch.Tensor, mods: Mods) -> torch.Tensor:
-        """Gated FFN update (B, L, C), to be added to `x_BLC`."""
-        _, gamma2, _, scale2, _, shift2 = mods
-        h_BLC = self.ln_wo_grad(x_BLC).mul(scale2.add(1)).add_(shift2)
-        return self.ffn(h_BLC).mul(gamma2)
+    def ffn_branch(self, x_BLC: torch.Tensor, mods: Mods, **ffn_kwargs: Any) -> torch.Tensor:
+        """Gated FFN update (B, L, C), to be added to `x_BLC`; `ffn_kwargs` go to the FFN."""
+        h_BLC = modulate(self.ln_wo_grad(x_BLC), mods.scale2, mods.shift2)
+        return self.ffn(h_BLC, **ffn_kwargs).mul(mods.gamma2)
 
     def forward(
         self,
         x_BLC: torch.Tensor,
         mods: Mods,
-        mask_LS: torch.Tensor | None = None,
+        mask_nS: torch.Tensor | None = None,
         pos_l: torch.Tensor | None = None,
         end: int | None = None,
+        *,
+        h_BLC: torch.Tensor | None = None,
+        rows_Bn: torch.Tensor | None = None,
+        weight_Bn1: torch.Tensor | None = None,
+        **ffn_kwargs: Any,
     ) -> torch.Tensor:
-        x_BLC = x_BLC + _drop_path(
-            self.attn_branch(x_BLC, mods, mask_LS, pos_l, end), self.drop_path, self.training
-        )
-        return x_BLC + _drop_path(self.ffn_branch(x_BLC, mods), self.drop_path, self.training)
+        """The block on (B, L, C); returns (B, L, C), or with `rows_Bn` the (B, n, C) updated rows only.
+
+        Args:
+            mask_nS: attention mask of the computed rows (teacher forcing). pos_l / end: cached step.
+            h_BLC: `attn_input(x_BLC, mods)` when the caller already has it.
+            rows_Bn: rows to compute (None = all); the others only give keys and values.
+            weight_Bn1: factor on both branch updates (ActVAR's straight-through gate; None = 1).
+            ffn_kwargs: passed to the FFN.
+        """
+        h_BLC = self.attn_input(x_BLC, mods) if h_BLC is None else h_BLC
+        if rows_Bn is not None:
+            x_BLC = gather_rows(x_BLC, rows_Bn)
+        update = self.attn(h_BLC, mask_nS, pos_l, end, rows_Bn).mul_(mods.gamma1)
+        if weight_Bn1 is not None:
+            update = update * weight_Bn1
+        x_BLC = x_BLC + _drop_path(update, self.drop_path, self.training)
+        update = self.ffn_branch(x_BLC, mods, **ffn_kwargs)
+        if weight_Bn1 is not None:
+            update = update * weight_Bn1
+        return x_BLC + _drop_path(update, self.drop_path, self.training)
 
 
 class AdaLNBeforeHead(nn.Module):
@@ -263,7 +308,7 @@ class AdaLNBeforeHead(nn.Module):
 
     def forward(self, x_BLC: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
         scale_B1C, shift_B1C = self.ada_lin(cond_BD).view(-1, 1, 2, self.dim).unbind(2)
-        return self.ln_wo_grad(x_BLC).mul(scale_B1C.add(1)).add_(shift_B1C)
+        return modulate(self.ln_wo_grad(x_BLC), scale_B1C, shift_B1C)
 
 
 @register("var", VARConfig)
@@ -415,8 +460,8 @@ class VAR(nn.Module):
         """
         begin, end = self.config.scale_bounds[si]
         pos_l = torch.arange(begin, end, device=x_BlC.device)
-        for block, block_mods in zip(self.blocks, mods, strict=True):
-            x_BlC = block(x_BlC, block_mods, None, pos_l, end)
+        for block, mods_b in zip(self.blocks, mods, strict=True):
+            x_BlC = block(x_BlC, mods_b, None, pos_l, end)
         return self.logits(x_BlC, cond_BD)
 
 

@@ -1,9 +1,11 @@
-"""Transformer building blocks shared by the GPT models: RMSNorm, SwiGLU, label embedder, adaLN.
+"""Transformer building blocks shared by the models: RMSNorm, SwiGLU, label embedder, AdaLN modulation.
 
 Shape legend: B batch, L positions, D width, F SwiGLU hidden width.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +16,33 @@ def swiglu_hidden(dim: int, multiple_of: int = 256) -> int:
     """LlamaGen's SwiGLU width: int(2 * 4d / 3) rounded up to a multiple of `multiple_of`."""
     hidden = int(2 * (4 * dim) / 3)
     return -(-hidden // multiple_of) * multiple_of
+
+
+class Mods(NamedTuple):
+    """AdaLN(-Zero) modulation of one transformer block, each (B, 1, D): the gates, scales and shifts of its
+    attention (1) and FFN (2) branches, in the order the official VAR / EAR modulation Linear emits them."""
+
+    gamma1: torch.Tensor
+    gamma2: torch.Tensor
+    scale1: torch.Tensor
+    scale2: torch.Tensor
+    shift1: torch.Tensor
+    shift2: torch.Tensor
+
+
+def block_mods(ada_out: torch.Tensor, dim: int) -> Mods:
+    """Split a modulation Linear's output, (B, 6D) or (B, 1, 6, D), into `Mods`."""
+    return Mods(*ada_out.view(-1, 1, 6, dim).unbind(2))
+
+
+def modulate(h_BLD: torch.Tensor, scale_B1D: torch.Tensor, shift_B1D: torch.Tensor) -> torch.Tensor:
+    """AdaLN modulation of a normalised input: h * (1 + scale) + shift."""
+    return h_BLD.mul(scale_B1D.add(1)).add_(shift_B1D)
+
+
+def gather_rows(x_BLD: torch.Tensor, rows_Bn: torch.Tensor) -> torch.Tensor:
+    """(B, n, D) rows `rows_Bn` (per batch element) of a (B, L, D) tensor."""
+    return torch.gather(x_BLD, 1, rows_Bn[..., None].expand(-1, -1, x_BLD.shape[-1]))
 
 
 class RMSNorm(nn.Module):

@@ -7,11 +7,16 @@ No new FFN weights: the hidden units of `fc1`/`fc2` are permuted so that expert 
 of rows `fc1.weight[e*M:(e+1)*M]` (and the same columns of `fc2.weight`). Permuting hidden units leaves the
 dense function unchanged, so with every expert active the MoE FFN equals the dense FFN up to fp32 summation
 order; `perm_H` keeps the permutation so the dense weights are restored bit for bit.
+
+`SparseFFN` is the interface ActVAR builds its FFNs through; `MoEFFN` is the one variant shipped. A new
+variant is one class with that interface plus `@register_sparse_ffn("name")`, chosen by `ActVARConfig.ffn`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -27,6 +32,9 @@ def fp32_linear(layer: nn.Linear, x_NC: torch.Tensor) -> torch.Tensor:
         return F.linear(x_NC.float(), layer.weight.float(), bias)
 
 
+BACKENDS = ("auto", "padded", "segment", "masked")
+
+
 @dataclass
 class MoEConfig:
     """Shape of an FFN seen as experts.
@@ -37,7 +45,11 @@ class MoEConfig:
     straight_through: combine weights are exactly 1 in the forward pass but carry the router's gradient
         ((s - s.detach()) + 1, s = sigmoid(router logit)); False = plain weight 1, router trained only by its
         own distillation loss.
-    backend: grouped expert kernel layout, "auto" (padded on CUDA, segment on CPU), "padded" or "segment".
+    backend: how the chosen experts run (see `grouped_expert_ffn`): "padded", "segment", "masked" (the
+        dense FFN with the unchosen experts' hidden units zeroed: no FLOPs saved, no gathers), or "auto":
+        the grouped kernel where it beats the masked form for the layer's shape (`grouped_pays`), else
+        masked.
+    kmeans_iters: balanced k-means iterations used by `from_dense` to split the FFN.
     """
 
     width: int
@@ -45,15 +57,79 @@ class MoEConfig:
     num_experts: int = 16
     straight_through: bool = True
     backend: str = "auto"
+    kmeans_iters: int = 20
 
     def __post_init__(self) -> None:
-        if self.backend not in ("auto", "padded", "segment"):
-            raise ValueError(f"backend must be 'auto', 'padded' or 'segment', got {self.backend!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.num_experts < 1 or self.hidden % self.num_experts:
             raise ValueError(
                 f"num_experts={self.num_experts} must be >= 1 and divide the FFN hidden size {self.hidden}; "
                 "pick a divisor such as 8 or 16"
             )
+
+    @property
+    def expert_hidden(self) -> int:
+        """M: hidden units per expert."""
+        return self.hidden // self.num_experts
+
+
+class SparseFFN(Protocol):
+    """What ActVAR needs of a sparse FFN (one class per variant, registered with `register_sparse_ffn`).
+
+    Shapes: x (..., C) modulated FFN input; k experts per token (an int, or a tensor over x's leading dims;
+    None = all experts, which must equal the dense FFN).
+    """
+
+    config: MoEConfig
+
+    def __init__(self, config: MoEConfig) -> None: ...
+
+    @classmethod
+    def from_dense(cls, fc1: nn.Linear, fc2: nn.Linear, config: MoEConfig | int, seed: int = 0) -> Any:
+        """The variant made from a trained dense FFN (fc1 C->H, fc2 H->C) without changing its function."""
+
+    def init_weights(self) -> None:
+        """Initialise what the dense FFN does not have (routers)."""
+
+    def forward(
+        self, x: torch.Tensor, k: torch.Tensor | int | None = None, router_trace: list | None = None
+    ) -> torch.Tensor:
+        """(..., C) output with each token's top-k experts; appends (router logits (..., E) fp32, k per token)
+        to `router_trace` when given (distillation)."""
+
+    def router_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., E) fp32 router logits."""
+
+    def expert_norms(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., E) L2 norm of each expert's output: the router's distillation target."""
+
+    def dense_state(self) -> dict[str, torch.Tensor]:
+        """fc1/fc2 weights of the equivalent dense FFN (for export as a plain VAR)."""
+
+    @staticmethod
+    def flops(config: MoEConfig, tokens: int, k: int) -> int:
+        """Forward FLOPs (2 per multiply-add, matmuls only) of `tokens` tokens with k experts each."""
+
+
+SPARSE_FFNS: dict[str, type] = {}
+
+
+def register_sparse_ffn(name: str) -> Callable[[type], type]:
+    """Class decorator: make a `SparseFFN` variant available as `ActVARConfig(ffn=name)`."""
+
+    def add(cls: type) -> type:
+        SPARSE_FFNS[name] = cls
+        return cls
+
+    return add
+
+
+def sparse_ffn_class(name: str) -> type:
+    """The registered `SparseFFN` class called `name`."""
+    if name not in SPARSE_FFNS:
+        raise ValueError(f"unknown sparse FFN {name!r}; registered: {sorted(SPARSE_FFNS)}")
+    return SPARSE_FFNS[name]
 
 
 # ------------------------------------------------------------------------------------------- splitting
@@ -153,7 +229,7 @@ def grouped_expert_ffn(
     if backend == "segment":
         return _segment_ffn(x_NC, w1_EMC, b1_EM, w2_EMC, tok_sorted, counts_E, weight_A[order], out_NC)
     if backend != "padded":
-        raise ValueError(f"expert backend must be 'auto', 'padded' or 'segment', got {backend!r}")
+        raise ValueError(f"grouped expert backend must be 'auto', 'padded' or 'segment', got {backend!r}")
     cap = int(counts_E.max())
     starts_E = torch.cumsum(counts_E, 0) - counts_E
     slot_A = exp_sorted * cap + (torch.arange(len(exp_sorted), device=x_NC.device) - starts_E[exp_sorted])
@@ -194,11 +270,42 @@ def _segment_ffn(
     return out_NC.index_add_(0, tok_A, y_AC)
 
 
+def masked_expert_ffn(
+    x_NC: torch.Tensor, fc1: nn.Linear, fc2: nn.Linear, gate_NE: torch.Tensor
+) -> torch.Tensor:
+    """The dense FFN with each token's hidden units of expert e scaled by gate_NE[n, e] (0 = not chosen).
+
+    Same function as the grouped kernels (sum over chosen experts of weight * expert output, plus fc2's
+    bias) at the dense FFN's cost: the form that wins where expert matmuls are too small to run fast.
+    """
+    h_NH = F.gelu(fc1(x_NC), approximate="tanh")
+    h_NH = (h_NH.unflatten(1, (gate_NE.shape[1], -1)) * gate_NE[..., None].to(h_NH.dtype)).flatten(1)
+    return fc2(h_NH)
+
+
+# Grouped (segment) expert FFN time over the dense FFN's time at the same token count, per unit of the
+# FLOPs fraction k/E it computes, by hidden units per expert M (fp32, one thread, 2-core AVX2 EPYC, batches
+# of 1-64 images; scripts/moe_crossover.py, results/cpu/moe_crossover.json). Grouped pays where
+# (k / E) * cost(M) < 1, i.e. below the masked form's cost of ~1.
+GROUPED_COST_CPU = {32: 3.2, 64: 1.8, 128: 1.3, 256: 1.15, 512: 1.1}
+
+
+def grouped_pays(config: MoEConfig, k: int, device: torch.device) -> bool:
+    """Whether running only the chosen experts beats the masked dense form for this layer shape."""
+    if device.type == "cuda":
+        return True
+    m = config.expert_hidden
+    sizes = sorted(GROUPED_COST_CPU)
+    cost = GROUPED_COST_CPU[max([s for s in sizes if s <= m], default=sizes[0])]
+    return k / config.num_experts * cost < 1.0
+
+
+@register_sparse_ffn("moe")
 class MoEFFN(nn.Module):
     """VAR's FFN (fc1 C->H, GELU(tanh), fc2 H->C) with hidden units grouped into experts and a router.
 
     Called as `ffn(x)` it is the dense FFN, so a model holding it still runs its dense forward; with
-    `k_N` it runs only each token's top-k experts.
+    `k` it runs only each token's top-k experts (the `SparseFFN` interface).
     """
 
     def __init__(self, config: MoEConfig) -> None:
@@ -217,20 +324,20 @@ class MoEFFN(nn.Module):
 
     @classmethod
     def from_dense(
-        cls,
-        fc1: nn.Linear,
-        fc2: nn.Linear,
-        num_experts: int = 16,
-        kmeans_iters: int = 20,
-        seed: int = 0,
-        straight_through: bool = True,
-        backend: str = "auto",
+        cls, fc1: nn.Linear, fc2: nn.Linear, config: MoEConfig | int = 16, seed: int = 0, **options: Any
     ) -> MoEFFN:
-        """Split a dense FFN into experts by balanced k-means on L2-normalised fc1 rows (no new weights)."""
-        cfg = MoEConfig(fc1.in_features, fc1.out_features, num_experts, straight_through, backend)
-        moe = cls(cfg).to(device=fc1.weight.device, dtype=fc1.weight.dtype)
+        """Split a dense FFN into experts by balanced k-means on L2-normalised fc1 rows (no new weights).
+
+        Args:
+            config: the MoEConfig, or its number of experts with the other fields as `options`.
+            seed: picks the k-means initial centroids.
+        """
+        if isinstance(config, int):
+            config = MoEConfig(fc1.in_features, fc1.out_features, config, **options)
+        moe = cls(config).to(device=fc1.weight.device, dtype=fc1.weight.dtype)
         moe.init_weights()
-        perm_H = expert_permutation(fc1.weight, num_experts, kmeans_iters, seed).to(fc1.weight.device)
+        perm_H = expert_permutation(fc1.weight, config.num_experts, config.kmeans_iters, seed)
+        perm_H = perm_H.to(fc1.weight.device)
         with torch.no_grad():
             moe.fc1.weight.copy_(fc1.weight[perm_H])
             moe.fc1.bias.copy_(fc1.bias[perm_H])
@@ -249,9 +356,16 @@ class MoEFFN(nn.Module):
             "fc2.bias": self.fc2.bias.detach().clone(),
         }
 
+    @staticmethod
+    def flops(config: MoEConfig, tokens: int, k: int) -> int:
+        """fc1 + fc2 of k experts per token, plus the router when k < E."""
+        units = config.expert_hidden * k
+        router = config.width * config.num_experts if k < config.num_experts else 0
+        return 2 * tokens * (2 * config.width * units + router)
+
     def expert_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Views (w1_EMC, b1_EM, w2_EMC) of the FFN weights per expert."""
-        e, m, c = self.config.num_experts, self.config.hidden // self.config.num_experts, self.config.width
+        e, m, c = self.config.num_experts, self.config.expert_hidden, self.config.width
         w2_EMC = self.fc2.weight.view(c, e, m).permute(1, 2, 0)
         return self.fc1.weight.view(e, m, c), self.fc1.bias.view(e, m), w2_EMC
 
@@ -265,7 +379,7 @@ class MoEFFN(nn.Module):
         """Top-k experts per token (k an int, or a tensor when it differs per token).
 
         Returns:
-            tok_A, exp_A, weight_A (the assignments) and the router logits (N, E).
+            tok_A, exp_A, weight_A (the assignments; weights fp32) and the router logits (N, E).
         """
         logits_NE = self.router_logits(x_NC)
         k_max = k_N if isinstance(k_N, int) else int(k_N.max())
@@ -276,36 +390,56 @@ class MoEFFN(nn.Module):
         else:
             valid_NK = torch.arange(k_max, device=x_NC.device)[None, :] < k_N[:, None]
             tok_A, exp_A = tok_NK[valid_NK], top_NK[valid_NK]
-        if self.config.straight_through:
+        if self.config.straight_through and torch.is_grad_enabled():
             s_A = torch.sigmoid(logits_NE[tok_A, exp_A])
             weight_A = (s_A - s_A.detach()) + 1.0  # exactly 1 forward; gradient reaches the router
         else:
-            weight_A = torch.ones_like(exp_A, dtype=x_NC.dtype)
+            weight_A = torch.ones(exp_A.shape, device=x_NC.device)
         return tok_A, exp_A, weight_A, logits_NE
 
     def forward(
-        self, x_NC: torch.Tensor, k_N: torch.Tensor | int | None = None, force_grouped: bool = False
+        self,
+        x_NC: torch.Tensor,
+        k: torch.Tensor | int | None = None,
+        router_trace: list | None = None,
+        force_grouped: bool = False,
     ) -> torch.Tensor:
-        """FFN output for (..., C) inputs with each token's top `k_N` experts (None or all = dense path).
+        """FFN output for (..., C) inputs with each token's top `k` experts (None or all = dense path).
 
         Args:
             x_NC: (..., C) modulated FFN input.
-            k_N: experts per token, an int or a tensor over the leading dims; None = all experts.
+            k: experts per token, an int or a tensor over the leading dims; None = all experts.
+            router_trace: list to append (router logits (..., E), k per token (...)) to (distillation).
             force_grouped: run the grouped kernel even when every expert is active (tests).
         Returns:
             (..., C).
         """
-        num = self.config.num_experts
-        k_N = num if k_N is None else k_N
+        num, lead = self.config.num_experts, x_NC.shape[:-1]
+        k_N = num if k is None else k
         k_N = min(max(k_N, 1), num) if isinstance(k_N, int) else k_N.reshape(-1).clamp(1, num)
+        logits = None
+        if router_trace is not None:
+            logits = self.router_logits(x_NC)
+            k_full = (
+                k_N.view(lead) if isinstance(k_N, torch.Tensor) else torch.full(lead, k_N, device=x_NC.device)
+            )
+            router_trace.append((logits, k_full))
+            logits = logits.reshape(-1, num)
         all_on = k_N == num if isinstance(k_N, int) else bool((k_N >= num).all())
         if all_on and not force_grouped:
             return self.fc2(F.gelu(self.fc1(x_NC), approximate="tanh"))
-        lead = x_NC.shape[:-1]
         x = x_NC.reshape(-1, x_NC.shape[-1])
         tok_A, exp_A, weight_A, _ = self.route(x, k_N)
-        y = grouped_expert_ffn(x, *self.expert_weights(), tok_A, exp_A, weight_A, self.config.backend)
-        y = y + self.fc2.bias
+        backend = self.config.backend
+        if backend == "auto":
+            k_max = k_N if isinstance(k_N, int) else int(k_N.max())
+            backend = "masked" if not grouped_pays(self.config, k_max, x.device) else "auto"
+        if backend == "masked":
+            gate_NE = weight_A.new_zeros(x.shape[0], num).index_put((tok_A, exp_A), weight_A)
+            y = masked_expert_ffn(x, self.fc1, self.fc2, gate_NE)
+        else:
+            y = grouped_expert_ffn(x, *self.expert_weights(), tok_A, exp_A, weight_A, backend)
+            y = y + self.fc2.bias
         return y.view(*lead, -1)
 
     def expert_norms(self, x_NC: torch.Tensor) -> torch.Tensor:
