@@ -7,7 +7,6 @@ Run directly: `python -m torch.distributed.run --standalone --nproc_per_node 2 t
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import os
 import subprocess
@@ -18,47 +17,15 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from torch import nn
 from torch.utils.data import TensorDataset
+from toy_model import ToyConfig, ToyNet
 
 from argen.config import OptimConfig, TrainConfig
-from argen.models.checkpoints import load_model, register
+from argen.models.checkpoints import load_model
 from argen.sampling.writer import check_samples, pack_npz, write_samples
 from argen.training.tasks import Task, register_task
 
-
 # ------------------------------------------------------------------------------------------- toy task
-@dataclasses.dataclass
-class DistToyConfig:
-    dim: int = 8
-    hidden: int = 16
-    depth: int = 2
-
-
-@register("test_dist_toy", DistToyConfig)
-class DistToy(nn.Module):
-    def __init__(self, config: DistToyConfig):
-        super().__init__()
-        self.config = config
-        self.class_emb = nn.Embedding(4, config.dim)
-        self.blocks = nn.ModuleList(
-            nn.Sequential(
-                nn.LayerNorm(config.dim),
-                nn.Linear(config.dim, config.hidden),
-                nn.GELU(),
-                nn.Linear(config.hidden, config.dim),
-            )
-            for _ in range(config.depth)
-        )
-        self.head = nn.Linear(config.dim, 1)
-
-    def forward(self, x_BD: torch.Tensor, y_B: torch.Tensor) -> torch.Tensor:
-        h_BD = x_BD + self.class_emb(y_B)
-        for block in self.blocks:
-            h_BD = h_BD + block(h_BD)
-        return self.head(h_BD).squeeze(-1)
-
-
 CALLS = {"n": 0}
 
 
@@ -81,7 +48,7 @@ def toy_data(n: int = 64) -> TensorDataset:
 register_task(
     Task(
         "test_dist_toy",
-        lambda d: DistToy(DistToyConfig(**{k: v for k, v in d.items() if k != "preset"})),
+        lambda d: ToyNet(ToyConfig(**{"dropout": 0.0, **{k: v for k, v in d.items() if k != "preset"}})),
         lambda cfg: toy_data(),
         toy_loss,
     )
@@ -122,7 +89,7 @@ def _ddp_grad_diff() -> float:
 
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(0)
-    model = DistToy(DistToyConfig())
+    model = ToyNet(ToyConfig(dropout=0.0))
     ref = copy.deepcopy(model)
     x_BD, y_B, t_B = toy_data(8).tensors
     part = slice(rank * 8 // world, (rank + 1) * 8 // world)
@@ -156,7 +123,7 @@ def worker(out: Path) -> None:
     train(toy_cfg(out / "fsdp_resumed", "fsdp"))
     from argen.distributed import wrap_model
 
-    sharded = wrap_model(DistToy(DistToyConfig()), "fsdp")
+    sharded = wrap_model(ToyNet(ToyConfig(dropout=0.0)), "fsdp")
     w = sharded.blocks[0][1].weight
     result["fsdp_dtensor"] = isinstance(w, DTensor) and w.to_local().numel() < w.numel()
     for fmt in ("png", "npz"):
@@ -216,7 +183,7 @@ def test_two_process_training_matches_one_process(dist_run, single_process_refer
     assert len((dist_run / strategy / "metrics.jsonl").read_text().splitlines()) == 8
     x_ND, y_N, t_N = toy_data().tensors
     torch.manual_seed(5)  # the trainer's initial weights (cfg.seed)
-    initial, trained = DistToy(DistToyConfig()), load_model(dist_run / strategy / "model.safetensors")
+    initial, trained = ToyNet(ToyConfig(dropout=0.0)), load_model(dist_run / strategy / "model.safetensors")
     with torch.no_grad():
         before, after = ((m(x_ND, y_N) - t_N).pow(2).mean().item() for m in (initial, trained))
     assert after < 0.9 * before, (before, after)  # it trained
@@ -313,7 +280,7 @@ def test_single_process_fallback_and_fsdp_units(monkeypatch):
     monkeypatch.delenv("RANK", raising=False)
     info = init_distributed("cpu")
     assert (info.rank, info.world_size, info.is_main, info.device.type) == (0, 1, True, "cpu")
-    model = DistToy(DistToyConfig(depth=3))
+    model = ToyNet(ToyConfig(depth=3, dropout=0.0))
     assert fsdp_units(model) == list(model.blocks)
     model.fsdp_units = lambda: [model.head]
     assert fsdp_units(model) == [model.head]
