@@ -11,10 +11,10 @@ from PIL import Image
 
 from argen.cli import main
 from argen.config import DataConfig
-from argen.eval.classifier import build_classifier
 from argen.eval.evaluate import EvalConfig, evaluate
 from argen.eval.inception import to_uint8
 from argen.models.checkpoints import load_model, save_model
+from argen.models.classifier import build_classifier
 from argen.tokenizers.evaluate import reconstruction_metrics
 
 N = 24
