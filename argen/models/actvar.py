@@ -24,7 +24,7 @@ from torch import nn
 from argen.models.checkpoints import load_strict, register
 from argen.models.var import PRESETS as VAR_PRESETS
 from argen.models.var import VAR, VARConfig
-from argen.nn.layers import Mods
+from argen.nn.layers import Mods, scatter_rows
 from argen.nn.masks import group_mask
 from argen.nn.moe import MoEConfig, fp32_linear, sparse_ffn_class
 
@@ -300,8 +300,7 @@ class ActVAR(nn.Module):
             **ffn_kwargs,
         )
         recon_BLC = self.selectors[str(i)].reconstruct(h_BLC, mods.gamma1 + mods.gamma2)
-        idx_BnC = keep_Bn[..., None].expand(-1, -1, x_BLC.shape[-1])
-        return (x_BLC + recon_BLC).scatter(1, idx_BnC, x_BnC)
+        return scatter_rows(x_BLC + recon_BLC, keep_Bn, x_BnC)
 
     # -------------------------------------------------------------------------------- entry points
     def forward(

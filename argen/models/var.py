@@ -20,7 +20,7 @@ from torch import nn
 from argen.models.checkpoints import drop_keys, load_model, load_strict, read_official, register
 from argen.nn.attention import attention
 from argen.nn.kv_cache import kv_caches
-from argen.nn.layers import Mods, block_mods, gather_rows, modulate
+from argen.nn.layers import Mods, block_mods, gather_rows, gelu_tanh, modulate
 from argen.nn.masks import group_mask, groups_from_sizes
 
 # Official attention clamps its learnable log-scale at log(100), computed in fp32.
@@ -205,11 +205,10 @@ class FFN(nn.Module):
     def __init__(self, config: VARConfig) -> None:
         super().__init__()
         self.fc1 = nn.Linear(config.dim, config.hidden)
-        self.act = nn.GELU(approximate="tanh")
         self.fc2 = nn.Linear(config.hidden, config.dim)
 
     def forward(self, x_BLC: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x_BLC)))
+        return self.fc2(gelu_tanh(self.fc1(x_BLC)))
 
 
 class AdaLNBlock(nn.Module):

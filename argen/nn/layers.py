@@ -5,6 +5,7 @@ Shape legend: B batch, L positions, D width, F SwiGLU hidden width.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -40,9 +41,44 @@ def modulate(h_BLD: torch.Tensor, scale_B1D: torch.Tensor, shift_B1D: torch.Tens
     return h_BLD.mul(scale_B1D.add(1)).add_(shift_B1D)
 
 
+_GELU_2C = 2 * math.sqrt(2 / math.pi)
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GELU, tanh approximation (VAR's FFN activation).
+
+    fp32 CPU inference computes it as x * sigmoid(2c (x + 0.044715 x^3)), the same function
+    (0.5 (1 + tanh z) = sigmoid(2z)) within fp32 rounding (max abs difference 5e-7 on N(0, 4) inputs) and
+    3x faster than torch's CPU kernel on this project's AVX2 machine, where that kernel took 16% of VAR's
+    sampling time. Elsewhere (autograd, bf16, GPU) it is `F.gelu(x, approximate="tanh")`.
+    """
+    if x.device.type != "cpu" or x.dtype != torch.float32 or (torch.is_grad_enabled() and x.requires_grad):
+        return F.gelu(x, approximate="tanh")
+    return x * torch.sigmoid((x * x * (_GELU_2C * 0.044715) + _GELU_2C) * x)
+
+
+def _flat_rows(rows_Bn: torch.Tensor, length: int) -> torch.Tensor:
+    """(B * n,) row indices into a (B * L, D) view."""
+    offsets_B1 = torch.arange(rows_Bn.shape[0], device=rows_Bn.device)[:, None] * length
+    return (rows_Bn + offsets_B1).reshape(-1)
+
+
 def gather_rows(x_BLD: torch.Tensor, rows_Bn: torch.Tensor) -> torch.Tensor:
-    """(B, n, D) rows `rows_Bn` (per batch element) of a (B, L, D) tensor."""
-    return torch.gather(x_BLD, 1, rows_Bn[..., None].expand(-1, -1, x_BLD.shape[-1]))
+    """(B, n, D) rows `rows_Bn` (per batch element) of a (B, L, D) tensor.
+
+    One `index_select` of whole rows: several times faster on CPU than `torch.gather` with an index
+    expanded over D, which reads one index per element.
+    """
+    B, L, D = x_BLD.shape
+    return x_BLD.reshape(B * L, D).index_select(0, _flat_rows(rows_Bn, L)).view(B, -1, D)
+
+
+def scatter_rows(x_BLD: torch.Tensor, rows_Bn: torch.Tensor, src_BnD: torch.Tensor) -> torch.Tensor:
+    """A copy of (B, L, D) `x_BLD` with rows `rows_Bn` replaced by `src_BnD` (B, n, D); the inverse of
+    `gather_rows`, as one `index_copy` of whole rows."""
+    B, L, D = x_BLD.shape
+    flat = x_BLD.reshape(B * L, D).index_copy(0, _flat_rows(rows_Bn, L), src_BnD.reshape(-1, D))
+    return flat.view(B, L, D)
 
 
 class RMSNorm(nn.Module):

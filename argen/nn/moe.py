@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from argen.nn.layers import gelu_tanh
+
 
 def fp32_linear(layer: nn.Linear, x_NC: torch.Tensor) -> torch.Tensor:
     """`layer(x)` computed in fp32 (also under autocast): for the few outputs that pick experts or tokens,
@@ -235,7 +237,7 @@ def grouped_expert_ffn(
     slot_A = exp_sorted * cap + (torch.arange(len(exp_sorted), device=x_NC.device) - starts_E[exp_sorted])
     x_PC = x_NC.new_zeros(num_experts * cap, x_NC.shape[1]).index_copy(0, slot_A, x_NC[tok_sorted])
     h_EPM = torch.baddbmm(b1_EM[:, None, :], x_PC.view(num_experts, cap, -1), w1_EMC.transpose(1, 2))
-    y_EPC = torch.bmm(F.gelu(h_EPM, approximate="tanh"), w2_EMC)
+    y_EPC = torch.bmm(gelu_tanh(h_EPM), w2_EMC)
     y_AC = y_EPC.reshape(num_experts * cap, -1)[slot_A] * weight_A[order, None].to(x_NC.dtype)
     return out_NC.index_add(0, tok_sorted, y_AC)
 
@@ -260,9 +262,9 @@ def _segment_ffn(
         if count:
             h = torch.addmm(b1_EM[e], x_AC[start : start + count], w1_EMC[e].T)
             if inference:
-                torch.mm(F.gelu(h, approximate="tanh"), w2_EMC[e], out=y_AC[start : start + count])
+                torch.mm(gelu_tanh(h), w2_EMC[e], out=y_AC[start : start + count])
             else:
-                parts.append(F.gelu(h, approximate="tanh") @ w2_EMC[e])
+                parts.append(gelu_tanh(h) @ w2_EMC[e])
         start += count
     y_AC = y_AC if inference else torch.cat(parts)
     if not (inference and bool((weight_A == 1).all())):  # straight-through weights are exactly 1
@@ -278,7 +280,7 @@ def masked_expert_ffn(
     Same function as the grouped kernels (sum over chosen experts of weight * expert output, plus fc2's
     bias) at the dense FFN's cost: the form that wins where expert matmuls are too small to run fast.
     """
-    h_NH = F.gelu(fc1(x_NC), approximate="tanh")
+    h_NH = gelu_tanh(fc1(x_NC))
     h_NH = (h_NH.unflatten(1, (gate_NE.shape[1], -1)) * gate_NE[..., None].to(h_NH.dtype)).flatten(1)
     return fc2(h_NH)
 
@@ -427,7 +429,7 @@ class MoEFFN(nn.Module):
             logits = logits.reshape(-1, num)
         all_on = k_N == num if isinstance(k_N, int) else bool((k_N >= num).all())
         if all_on and not force_grouped:
-            return self.fc2(F.gelu(self.fc1(x_NC), approximate="tanh"))
+            return self.fc2(gelu_tanh(self.fc1(x_NC)))
         x = x_NC.reshape(-1, x_NC.shape[-1])
         tok_A, exp_A, weight_A, _ = self.route(x, k_N)
         backend = self.config.backend
@@ -445,7 +447,7 @@ class MoEFFN(nn.Module):
     def expert_norms(self, x_NC: torch.Tensor) -> torch.Tensor:
         """L2 norm of every expert's output per token, (..., E): the router's distillation target."""
         e = self.config.num_experts
-        h = F.gelu(self.fc1(x_NC), approximate="tanh")
+        h = gelu_tanh(self.fc1(x_NC))
         h_NEM = h.unflatten(-1, (e, -1))
         _, _, w2_EMC = self.expert_weights()
         y_NEC = torch.einsum("...em,emc->...ec", h_NEM, w2_EMC)
