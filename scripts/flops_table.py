@@ -3,8 +3,8 @@
 python scripts/flops_table.py
 """
 
-from argen.eval.flops import actvar_sampling_flops, gpt_sampling_flops, var_sampling_flops
 from argen.models.actvar import actvar_config
+from argen.models.flops import actvar_sampling_flops, gpt_sampling_flops, var_sampling_flops
 from argen.models.gpt import gpt_config
 from argen.models.var import var_config
 from argen.orders import build_order

@@ -1,4 +1,4 @@
-"""Training compute of the ImageNet 256 recipes from argen's FLOPs accounting (argen.eval.flops).
+"""Training compute of the ImageNet 256 recipes from argen's FLOPs accounting (argen.models.flops).
 
 Training FLOPs = 3 x forward FLOPs per image (forward + backward, the usual 1 + 2) x images seen; GPU-hours
 at a stated model FLOPs utilisation (MFU) of the bf16 dense peak. VAR from images adds the frozen VQVAE's
@@ -19,7 +19,7 @@ PEAK_BF16 = {"A100": 312e12, "H100 SXM": 989e12}  # dense bf16 tensor-core peaks
 
 def rows() -> list[tuple[str, int, int, float]]:
     """(run, epochs, batch (0: not a training run), FLOPs per image and epoch) of each recipe."""
-    from argen.eval.flops import gpt_forward_flops, measured_flops, var_sampling_flops
+    from argen.models.flops import gpt_forward_flops, measured_flops, var_sampling_flops
     from argen.models.gpt import gpt_config
     from argen.models.var import var_config
     from argen.tokenizers.multiscale import MultiScaleVQVAE, msvq_config

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from argen.eval.flops import actvar_sampling_flops, measured_flops, var_sampling_flops
 from argen.models.actvar import ActVAR, ActVARConfig, actvar_config
+from argen.models.flops import actvar_sampling_flops, measured_flops, var_sampling_flops
 from argen.models.var import VAR, var_config
 from argen.sampling.logits import SamplingConfig
 from argen.sampling.next_scale import NextScaleConfig, sample_next_scale

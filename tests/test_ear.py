@@ -6,8 +6,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from argen.eval.flops import gpt_sampling_flops, measured_flops
 from argen.models.checkpoints import load_strict
+from argen.models.flops import gpt_sampling_flops, measured_flops
 from argen.models.gpt import GPT, GPTConfig, gpt_config
 from argen.orders import build_order
 from argen.sampling.ar import GenerationProcess, centre_prefix, extend_from_centre

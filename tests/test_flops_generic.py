@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from argen.eval.flops import attention_flops, conv2d_flops, linear_flops, measured_flops
+from argen.models.flops import attention_flops, conv2d_flops, linear_flops, measured_flops
 
 
 def test_linear_measured_equals_analytic():

@@ -28,8 +28,6 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 # are listed (with where the fix goes), so a new one fails and a fixed one must be removed from the list.
 PEERS = ("argen.training", "argen.sampling", "argen.eval")
 PENDING_PEER_EDGES = {
-    ("argen.sampling.families", "argen.eval.flops"),  # FLOPs counters belong below sampling (flops.py)
-    ("argen.sampling.pipeline", "argen.eval.flops"),
     ("argen.sampling.pipeline", "argen.eval.peak"),  # dtype/peak probing belongs with the device code
     ("argen.training.loop", "argen.eval.peak"),
     ("argen.training.objectives", "argen.eval.classifier"),  # build_classifier: argen.models.classifier
@@ -55,7 +53,7 @@ def imports(source: str, module: str, is_package: bool = False) -> set[str]:
             if node.level:  # relative import
                 anchor = module.split(".")[: len(module.split(".")) - node.level + is_package]
                 base = ".".join([*anchor, base] if base else anchor)
-            for alias in node.names:  # `from argen.eval import flops` imports the module argen.eval.flops
+            for alias in node.names:  # `from argen.eval import fid` imports the module argen.eval.fid
                 name = f"{base}.{alias.name}"
                 found.add(name if name in MODULES else base)
         elif (
@@ -120,7 +118,7 @@ def test_training_sampling_eval_do_not_import_each_other():
         ("def f():\n    from argen.models import checkpoints\n", "argen.x", {"argen.models.checkpoints"}),
         ("import importlib\nimportlib.import_module('argen.models.gpt')\n", "argen.x", {"argen.models.gpt"}),
         ("from .extend import Extension\n", "argen.sampling.pipeline", {"argen.sampling.extend"}),
-        ("from . import flops\n", "argen.eval", {"argen.eval.flops"}),
+        ("from . import fid\n", "argen.eval", {"argen.eval.fid"}),
     ],
 )
 def test_the_walk_sees_local_relative_and_importlib_imports(source, module, expected):

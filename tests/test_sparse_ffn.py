@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from argen.eval.flops import actvar_sampling_flops
 from argen.models.actvar import ActVAR, ActVARConfig
+from argen.models.flops import actvar_sampling_flops
 from argen.models.var import VAR, var_config
 from argen.nn.moe import (
     SPARSE_FFNS,

@@ -147,7 +147,7 @@ def test_official_greedy_sample(fixtures_dir):
 
 
 def test_analytic_flops_match_torch_counter():
-    from argen.eval.flops import measured_flops, var_sampling_flops
+    from argen.models.flops import measured_flops, var_sampling_flops
 
     var, vae = _pair()
     vae.phi = nn.Identity()  # the 1x1 decoder conv stays: the VQVAE's only counted op, subtracted below
@@ -162,7 +162,7 @@ def test_analytic_flops_match_torch_counter():
 
 
 def test_official_convention_flops_of_published_models():
-    from argen.eval.flops import var_sampling_flops
+    from argen.models.flops import var_sampling_flops
 
     # VAR paper: about 601 / 1151 / 1964 / 3790 GFLOPs per 256px image with CFG (AdaLN recomputed per scale)
     for name, gflops in (("d16", 601), ("d20", 1151), ("d24", 1964), ("d30", 3790)):

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from argen.models.checkpoints import load_strict, register
+from argen.model_io import load_strict, register
 from argen.models.var import PRESETS as VAR_PRESETS
 from argen.models.var import VAR, VARConfig
 from argen.nn.layers import Mods, scatter_rows
@@ -104,7 +104,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         var="debug", num_experts=4, experts_k=(4, 4, 2, 2), keep_ratio=(1.0, 1.0, 0.5, 0.5), adapter_rank=4
     ),
     # 22% fewer sampling FLOPs than dense on the 10-scale layout (d16: 465 vs 597 GFLOPs with CFG; see
-    # argen.eval.flops.actvar_sampling_flops): 12 of 16 experts and 80% of tokens on the last three scales.
+    # argen.models.flops.actvar_sampling_flops): 12 of 16 experts and 80% of tokens on the last three scales.
     **{
         name: dict(var=name, num_experts=16, experts_k=_last3(10, 16, 12), keep_ratio=_last3(10, 1.0, 0.8))
         for name in ("d16", "d20", "d24", "d30", "fmnist")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from argen.models.checkpoints import save_model
+from argen.model_io import save_model
 
 
 def convert_official(official: str | Path, kind: str, preset: str | None, out: str | Path) -> Path:

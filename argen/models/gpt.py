@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from argen.config import from_dict
-from argen.models.checkpoints import drop_keys, load_strict, read_official, register
+from argen.model_io import drop_keys, load_strict, read_official, register
 from argen.nn.attention import attention
 from argen.nn.kv_cache import kv_caches
 from argen.nn.layers import LabelEmbedder, RMSNorm, SwiGLU, block_mods, modulate, swiglu_hidden

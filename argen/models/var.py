@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from argen.models.checkpoints import drop_keys, load_model, load_strict, read_official, register
+from argen.model_io import drop_keys, load_strict, read_official, register
+from argen.models.checkpoints import load_model
 from argen.nn.attention import attention
 from argen.nn.kv_cache import kv_caches
 from argen.nn.layers import Mods, block_mods, gather_rows, gelu_tanh, modulate

@@ -29,7 +29,7 @@ class SampleOutput:
     """tokens_BL: raster-ordered tokens. snapshots: (B, L) raster tokens after each pass (-1 = not yet
     generated), when asked. logits_BLV: guided logits per sequence position, when asked. passes: forward
     passes run. passes_each / shapes_each: adaptive schedules only, per image the passes and each pass's
-    (slots fed, visible cache width, positions predicted), from which `eval.flops` counts what ran."""
+    (slots fed, visible cache width, positions predicted), from which `models.flops` counts what ran."""
 
     tokens_BL: torch.Tensor
     snapshots: list[torch.Tensor] = field(default_factory=list)

@@ -124,7 +124,7 @@ class GPTFamily:
                 )
 
     def cost(self, model: nn.Module, sampling: SamplingConfig, settings: Any) -> dict[str, Any]:
-        from argen.eval import flops
+        from argen.models import flops
         from argen.sampling.ar import GenerationProcess
 
         proc = GenerationProcess.for_model(model, sampling, settings.order, settings.schedule)
@@ -195,7 +195,7 @@ class VARFamily:
                 )
 
     def cost(self, model: nn.Module, sampling: SamplingConfig, settings: Any) -> dict[str, Any]:
-        from argen.eval import flops
+        from argen.models import flops
 
         vc, guided = self.unwrap(model), sampling.guided
         if self.flops is not None:
@@ -226,7 +226,7 @@ class VARFamily:
 
 
 def _actvar_flops(model: nn.Module, guided: bool) -> float:
-    from argen.eval import flops
+    from argen.models import flops
 
     return flops.actvar_sampling_flops(model.config, cfg=guided, adaln_per_scale=False)["total"]
 

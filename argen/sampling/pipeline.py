@@ -177,7 +177,7 @@ class Pipeline:
             return self.family.cost(self.model, self.sampling, self.cfg)
         if samples is None or not samples.shapes_each:
             raise ValueError("an adaptive schedule's cost is known after sampling: pass the samples")
-        from argen.eval import flops
+        from argen.models import flops
 
         guided = self.sampling.guided
         each = [flops.gpt_passes_flops(self.model.config, s, guided) for s in samples.shapes_each]
