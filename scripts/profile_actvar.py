@@ -8,7 +8,8 @@ scale, so both models see the same work), CFG on (2B rows), one thread unless OM
 
 `--size fmnist` uses the shipped var_fmnist / actvar_fmnist; `--size d16` a random VAR-d16 (as `argen init`
 writes it) and `ActVAR.from_dense` with the d16 preset budget. Prints one JSON object: median seconds per
-call, time ratio, analytic FLOPs ratio, per-scale times and the top ops of each model.
+call, time ratio, analytic FLOPs ratio, per-scale times and the top ops of each model. Like the CLI it keeps
+freed memory for reuse (`argen.runtime`); `--system-malloc` measures without.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from argen.models.actvar import ActVAR, actvar_config
 from argen.models.checkpoints import load_model
 from argen.models.flops import actvar_sampling_flops, var_sampling_flops
 from argen.models.var import VAR, var_config
+from argen.runtime import keep_freed_memory
 
 
 def build(size: str, dtype: torch.dtype, sparse_name: str) -> tuple[VAR, ActVAR]:
@@ -84,7 +86,9 @@ def main() -> None:
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--no-profile", action="store_true", help="timing only")
+    p.add_argument("--system-malloc", action="store_true", help="skip argen.runtime.keep_freed_memory")
     args = p.parse_args()
+    kept = False if args.system_malloc else keep_freed_memory()
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     dense, sparse = build(args.size, dtype, args.sparse)
     models = {"dense": dense, "actvar": sparse}
@@ -109,6 +113,7 @@ def main() -> None:
         "dtype": args.dtype,
         "threads": torch.get_num_threads(),
         "repeats": args.repeats,
+        "keep_freed_memory": kept,
         "median_s": med,
         "time_ratio": med["actvar"] / med["dense"],
         "flops_ratio": f_sparse / f_dense,

@@ -27,6 +27,7 @@ from typing import Any
 
 from argen.cli import app, evaluate, info, models, peak, sample, train
 from argen.cli.common import positive_int
+from argen.runtime import keep_freed_memory
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     train.add_training,
@@ -79,6 +80,7 @@ def _one_line_warning(message: Any, category: type, filename: str, lineno: int, 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     warnings.formatwarning = _one_line_warning
+    keep_freed_memory()  # large per-step tensors reuse memory instead of page-faulting fresh pages
     if args.threads:
         import torch
 

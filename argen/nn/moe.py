@@ -235,7 +235,8 @@ def grouped_expert_ffn(
     cap = int(counts_E.max())
     starts_E = torch.cumsum(counts_E, 0) - counts_E
     slot_A = exp_sorted * cap + (torch.arange(len(exp_sorted), device=x_NC.device) - starts_E[exp_sorted])
-    x_PC = x_NC.new_zeros(num_experts * cap, x_NC.shape[1]).index_copy(0, slot_A, x_NC[tok_sorted])
+    x_PC = x_NC.new_zeros(num_experts * cap, x_NC.shape[1])
+    x_PC.index_copy_(0, slot_A, x_NC.index_select(0, tok_sorted))
     h_EPM = torch.baddbmm(b1_EM[:, None, :], x_PC.view(num_experts, cap, -1), w1_EMC.transpose(1, 2))
     y_EPC = torch.bmm(gelu_tanh(h_EPM), w2_EMC)
     y_AC = y_EPC.reshape(num_experts * cap, -1)[slot_A] * weight_A[order, None].to(x_NC.dtype)
@@ -253,7 +254,7 @@ def _segment_ffn(
     out_NC: torch.Tensor,
 ) -> torch.Tensor:
     """Expert-sorted assignments, one contiguous slice per expert (E iterations, not per token)."""
-    x_AC = x_NC[tok_A]
+    x_AC = x_NC.index_select(0, tok_A)
     inference = not torch.is_grad_enabled()
     # Without autograd every expert writes straight into one output buffer (no concatenation copy).
     y_AC = torch.empty_like(x_AC) if inference else None
