@@ -1,28 +1,50 @@
-"""ActVAR distillation: KL to the teacher goes down, stage 1 leaves the backbone alone, resume == no crash."""
+"""ActVAR distillation in the one trainer: KL to the teacher goes down, stage 1 leaves the backbone alone,
+resume == no crash (bit for bit, across the stage boundary), 2-rank DDP == one process, bf16 runs, and the
+teacher's signals come from hooks on its own forward.
+
+The torchrun part runs this file under torchrun once (module fixture):
+`python -m torch.distributed.run --standalone --nproc_per_node 2 tests/test_distill.py OUT`.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
+from torch.utils.data import default_collate
 
 from argen.config import DataConfig, OptimConfig
 from argen.models.actvar import ActVAR, actvar_config
 from argen.models.checkpoints import load_model, save_model
 from argen.models.var import VAR, var_config
 from argen.tokenizers.multiscale import MultiScaleVQVAE, msvq_config
-from argen.training.distill import (
-    DistillConfig,
-    StepBatches,
-    distill,
-    kl_to_teacher,
-    stage1_losses,
-    teacher_signals,
-)
+from argen.training.distill import DistillConfig, kl_to_teacher, stage1_losses, teacher_signals
+from argen.training.distill_data import distill_dataset
+from argen.training.loop import train
+
+
+def distill(cfg: DistillConfig) -> Path:
+    return train(cfg.train_config())
+
+
+def batch(cfg: DistillConfig, first: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Items first.. of the run's dataset (epoch 0) as (labels_B, var_input (B, L - first, Cv), codes_BL)."""
+    data = distill_dataset(cfg.train_config())
+    codes, labels, *features = default_collate([data[i] for i in range(first, first + cfg.batch_size)])
+    if features:
+        return labels, features[0], codes
+    vqvae = load_model(cfg.vqvae)
+    sizes = load_model(cfg.teacher).config.scale_sizes
+    with torch.no_grad():
+        return labels, vqvae.idxBl_to_var_input(list(codes.split(sizes, dim=1))), codes
 
 
 @pytest.fixture
@@ -73,7 +95,7 @@ def _token_run(teacher: Path, tmp_path: Path) -> DistillConfig:
 
 
 def _heldout_kl(model: ActVAR, teacher: VAR, cfg: DistillConfig) -> float:
-    labels, var_input, _ = StepBatches(cfg, teacher.config, torch.device("cpu"))(10_000)
+    labels, var_input, _ = batch(cfg)
     with torch.no_grad():
         return float(kl_to_teacher(model.eval()(labels, var_input), teacher(labels, var_input)))
 
@@ -81,7 +103,7 @@ def _heldout_kl(model: ActVAR, teacher: VAR, cfg: DistillConfig) -> float:
 def test_signals_match_teacher_forward(teacher_file: Path) -> None:
     teacher = load_model(teacher_file)
     cfg = _cfg(teacher_file, Path("unused"))
-    labels, var_input, _ = StepBatches(cfg, teacher.config, torch.device("cpu"))(0)
+    labels, var_input, _ = batch(cfg)
     logits, _, signals = teacher_signals(teacher, labels, var_input)
     torch.testing.assert_close(logits, teacher(labels, var_input))
     assert len(signals) == teacher.config.depth and signals[0]["update"].abs().mean() > 0
@@ -97,7 +119,8 @@ def test_distillation_reduces_kl(teacher_file: Path, tmp_path: Path) -> None:
     assert after < 0.7 * before, (before, after)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in rows] == [1] * 3 + [2] * 12
-    assert rows[2]["s1_router"] < rows[0]["s1_router"] and rows[2]["s1_gate"] < rows[0]["s1_gate"]
+    s1 = [{k[5:]: v for k, v in r.items() if k.startswith("task/s1_")} for r in rows[:3]]  # task metrics
+    assert s1[2]["s1_router"] < s1[0]["s1_router"] and s1[2]["s1_gate"] < s1[0]["s1_gate"]
 
 
 def test_stage1_trains_only_routers_gates_adapters(teacher_file: Path, tmp_path: Path) -> None:
@@ -115,7 +138,7 @@ def test_stage1_loss_needs_a_sparse_budget(teacher_file: Path) -> None:
     teacher = load_model(teacher_file)
     student = ActVAR.from_dense(teacher)  # everything on: nothing to distil
     cfg = _cfg(teacher_file, Path("unused"))
-    labels, var_input, _ = StepBatches(cfg, teacher.config, torch.device("cpu"))(0)
+    labels, var_input, _ = batch(cfg)
     with pytest.raises(ValueError, match="nothing to train"):
         stage1_losses(student, teacher_signals(teacher, labels, var_input)[2], cfg)
 

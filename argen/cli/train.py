@@ -19,9 +19,13 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_distill(args: argparse.Namespace) -> None:
-    from argen.training.distill import DistillConfig, distill
+    from argen.distributed import is_main
+    from argen.training.distill import DistillConfig
+    from argen.training.loop import train
 
-    print(f"ActVAR written to {distill(load_config(DistillConfig, args.config, args.set))}")
+    path = train(load_config(DistillConfig, args.config, args.set).train_config())
+    if is_main():
+        print(f"ActVAR written to {path}")
 
 
 def cmd_tokenize(args: argparse.Namespace) -> None:
@@ -82,7 +86,9 @@ def add_training(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in out_dir")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("distill", help="distill a dense VAR into a sparse ActVAR (two stages)")
+    p = sub.add_parser(
+        "distill", help="distill a dense VAR into a sparse ActVAR (two stages; torchrun: DDP/FSDP2)"
+    )
     config_flags(p)
     p.set_defaults(func=cmd_distill)
 

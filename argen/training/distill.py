@@ -1,4 +1,5 @@
-"""Two-stage distillation of a dense VAR (frozen teacher) into an ActVAR student.
+"""Two-stage distillation of a dense VAR (frozen teacher) into an ActVAR student: task "distill" of the one
+trainer (`argen.training.loop`), objective and stages here, model and data in `distill_data`.
 
 Shape legend: B batch, L tokens over all scales, C width, V vocabulary, E experts, Cv VQVAE channels.
 
@@ -11,17 +12,16 @@ penalty pulling the soft gate / router occupancy toward the target budget (keep_
 
 from __future__ import annotations
 
-import json
-import time
+import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from argen.config import DataConfig, OptimConfig, to_dict
+from argen.config import DataConfig, OptimConfig, TrainConfig, from_dict, to_dict
+from argen.training.optim import Stage
 
 
 def _stage1_optim() -> OptimConfig:
@@ -33,36 +33,25 @@ def _stage2_optim() -> OptimConfig:
 
 
 @dataclass
-class DistillConfig:
-    """One distillation run (`argen distill`).
+class DistillObjective:
+    """The distillation objective's options: `TrainConfig.objective` of task "distill" (unknown keys refused).
 
-    teacher: dense VAR file: an argen model file (.safetensors + .json) or an official `var_d*.pth`.
-    teacher_preset: VAR preset of an official .pth (e.g. "d16"); ignored for argen files.
-    budget: ActVAR preset giving the sparsity budget; `actvar` overrides its fields (experts_k, keep_ratio,
-        num_experts, gate_layers, adapter_rank, ...). The VAR part always comes from the teacher.
-    source: "tokens" (data.root = multi-scale token .npz, needs `vqvae`) or "random" (uniform codes and
-        labels; without `vqvae` the teacher-forcing features are Gaussian noise: smoke tests only).
-    vqvae: multi-scale VQVAE model file that turns codes into VAR's teacher-forcing input.
-    stage1_steps / stage2_steps: optimizer steps of each stage (0 skips a stage).
+    source: "tokens" (data.root = multi-scale token .npz or store, needs the model's `vqvae`) or "random"
+        (uniform codes and labels; without a vqvae the teacher-forcing features are Gaussian noise: for
+        smoke tests).
+    stage1_steps / stage1_optim: steps and optimizer of stage 1 (stage 2 takes the run's other steps and
+        its `optim`); 0 skips stage 1.
     router_tau: temperature of the router target softmax(log(expert norm) / tau).
     balance_weight: optional Switch-style load-balance loss on the routers (stage 1 and 2).
     kl_weight / feature_weight / ce_weight / budget_weight / kl_temperature: stage-2 loss terms.
-    label_dropout: fraction of labels replaced by the null class (both models see the same), for CFG.
+    label_dropout: fraction of labels replaced by the null class (both models see the same), for CFG; drawn
+        per (seed, epoch, item), so it does not depend on the number of ranks.
     stage2_backbone: "all" trains every student parameter in stage 2; "sparse" only routers/gates/adapters.
     """
 
-    teacher: str = ""
-    teacher_preset: str | None = None
-    budget: str = "debug"
-    actvar: dict[str, Any] = field(default_factory=dict)
     source: str = "tokens"
-    data: DataConfig = field(default_factory=lambda: DataConfig(source="tokens"))
-    vqvae: str | None = None
     stage1_steps: int = 500
-    stage2_steps: int = 1000
-    batch_size: int = 16
     stage1_optim: OptimConfig = field(default_factory=_stage1_optim)
-    stage2_optim: OptimConfig = field(default_factory=_stage2_optim)
     router_weight: float = 1.0
     gate_weight: float = 1.0
     adapter_weight: float = 1.0
@@ -75,6 +64,54 @@ class DistillConfig:
     kl_temperature: float = 1.0
     label_dropout: float = 0.1
     stage2_backbone: str = "all"
+
+    def __post_init__(self) -> None:
+        if self.source not in ("tokens", "random"):
+            raise ValueError(f"source must be 'tokens' or 'random', got {self.source!r}")
+        if self.stage1_steps < 0:
+            raise ValueError("stage1_steps must be >= 0")
+        if self.stage2_backbone not in ("all", "sparse"):
+            raise ValueError(f"stage2_backbone must be 'all' or 'sparse', got {self.stage2_backbone!r}")
+        if self.router_tau <= 0 or self.kl_temperature <= 0 or not 0 <= self.label_dropout < 1:
+            raise ValueError("router_tau and kl_temperature must be > 0, label_dropout in [0, 1)")
+
+
+def objective_options(opts: dict[str, Any]) -> DistillObjective:
+    """The typed options of a loss call (the trainer's "step" and the stage's "stage" set aside)."""
+    return from_dict(
+        DistillObjective, {k: v for k, v in opts.items() if k not in ("step", "stage")}, where="objective"
+    )
+
+
+@dataclass
+class DistillConfig(DistillObjective):
+    """One `argen distill` run: the objective's options plus the teacher, budget, data and run settings.
+
+    teacher: dense VAR file: an argen model file (.safetensors + .json) or an official `var_d*.pth`.
+    teacher_preset: VAR preset of an official .pth (e.g. "d16"); ignored for argen files.
+    budget: ActVAR preset giving the sparsity budget; `actvar` overrides its fields (experts_k, keep_ratio,
+        num_experts, gate_layers, adapter_rank, ...). The VAR part always comes from the teacher.
+    vqvae: multi-scale VQVAE model file that turns codes into VAR's teacher-forcing input.
+    stage2_steps / stage2_optim: steps and optimizer of stage 2 (0 skips it).
+    strategy, precision, grad_accum, ema_decay, resume, tensorboard: as in `argen train` (TrainConfig).
+    The run writes `out_dir/actvar.safetensors`, `metrics.jsonl` and resumable `checkpoints/`.
+    """
+
+    teacher: str = ""
+    teacher_preset: str | None = None
+    budget: str = "debug"
+    actvar: dict[str, Any] = field(default_factory=dict)
+    data: DataConfig = field(default_factory=lambda: DataConfig(source="tokens"))
+    vqvae: str | None = None
+    stage2_steps: int = 1000
+    batch_size: int = 16
+    stage2_optim: OptimConfig = field(default_factory=_stage2_optim)
+    grad_accum: int = 1
+    precision: str = "fp32"
+    ema_decay: float = 0.0
+    strategy: str = "none"
+    resume: str = "auto"
+    tensorboard: bool = False
     out_dir: str = "runs/distill"
     ckpt_every: int = 200
     keep_last: int = 2
@@ -83,18 +120,37 @@ class DistillConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.source not in ("tokens", "random"):
-            raise ValueError(f"source must be 'tokens' or 'random', got {self.source!r}")
+        super().__post_init__()
         if self.source == "tokens" and self.teacher and (self.vqvae is None or self.data.root is None):
             raise ValueError(
                 "source=tokens needs data.root (token .npz from `argen tokenize`) and vqvae (msvq file)"
             )
-        if self.stage1_steps < 0 or self.stage2_steps < 0 or self.batch_size < 1:
+        if self.stage2_steps < 0 or self.batch_size < 1:
             raise ValueError("stage1_steps/stage2_steps must be >= 0 and batch_size >= 1")
-        if self.stage2_backbone not in ("all", "sparse"):
-            raise ValueError(f"stage2_backbone must be 'all' or 'sparse', got {self.stage2_backbone!r}")
-        if self.router_tau <= 0 or self.kl_temperature <= 0 or not 0 <= self.label_dropout < 1:
-            raise ValueError("router_tau and kl_temperature must be > 0, label_dropout in [0, 1)")
+
+    def train_config(self) -> TrainConfig:
+        """The same run as a TrainConfig of task "distill" (what `argen train distill` takes)."""
+        names = {f.name for f in dataclasses.fields(DistillObjective)}
+        objective = {k: v for k, v in to_dict(self).items() if k in names}
+        return TrainConfig(
+            task="distill",
+            model={
+                "teacher": self.teacher,
+                "teacher_preset": self.teacher_preset,
+                "budget": self.budget,
+                "actvar": dict(self.actvar),
+                "vqvae": self.vqvae,
+            },
+            objective=objective,
+            data=self.data,
+            optim=self.stage2_optim,
+            steps=self.stage1_steps + self.stage2_steps,
+            **{k: getattr(self, k) for k in _RUN_FIELDS},
+        )
+
+
+_RUN_FIELDS = ("batch_size", "grad_accum", "precision", "ema_decay", "strategy", "resume", "tensorboard")
+_RUN_FIELDS += ("out_dir", "ckpt_every", "keep_last", "log_every", "seed", "device")
 
 
 # ------------------------------------------------------------------------------------------- teacher
@@ -102,37 +158,37 @@ class DistillConfig:
 def teacher_signals(
     var: nn.Module, labels_B: torch.Tensor, var_input_BLCv: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, torch.Tensor]]]:
-    """Dense VAR forward that also returns each block's signals.
+    """The teacher's own forward, watched by hooks: logits and each block's signals.
 
     Returns:
         logits (B, L, V), last hidden state (B, L, C), and per block a dict with "h_attn" / "h_ffn" (the
-        modulated attention / FFN inputs, (B, L, C)), "update" (block output minus input, (B, L, C)) and
-        "gamma" (gamma1 + gamma2, (B, 1, C): the scale of the skipped tokens' adapter).
-        The loop mirrors `VAR.forward` (drop path is a training-only identity at eval).
+        modulated attention / FFN inputs, (B, L, C): what `block.attn` / `block.ffn` receive), "update"
+        (block output minus input, (B, L, C)) and "gamma" (gamma1 + gamma2, (B, 1, C): the scale of the
+        skipped tokens' adapter).
     """
-    cfg = var.config
-    length = cfg.scale_sizes[0] + var_input_BLCv.shape[1]
-    cond_BD = var.class_emb(labels_B)
-    lvl_pos_1LC = var.lvl_pos()
-    x_BLC = torch.cat(
-        (
-            var.first_scale_input(cond_BD, lvl_pos_1LC),
-            var.word_embed(var_input_BLCv.to(var.word_embed.weight.dtype))
-            + lvl_pos_1LC[:, cfg.scale_sizes[0] : length],
-        ),
-        1,
-    )
-    mask_LL = var.block_causal_mask(length, x_BLC.device)
-    signals = []
-    for block, mods in zip(var.blocks, var.block_mods(cond_BD), strict=True):
-        gamma1, gamma2, scale1, scale2, shift1, shift2 = mods
-        x_in = x_BLC
-        h_attn = block.ln_wo_grad(x_BLC).mul(scale1.add(1)).add(shift1)
-        x_BLC = x_BLC + block.attn_branch(x_BLC, mods, mask_LL)
-        h_ffn = block.ln_wo_grad(x_BLC).mul(scale2.add(1)).add(shift2)
-        x_BLC = x_BLC + block.ffn_branch(x_BLC, mods)
-        signals.append({"h_attn": h_attn, "h_ffn": h_ffn, "update": x_BLC - x_in, "gamma": gamma1 + gamma2})
-    return var.logits(x_BLC, cond_BD), x_BLC, signals
+    signals: list[dict[str, torch.Tensor]] = [{} for _ in var.blocks]
+
+    def keep(sig: dict, key: str):
+        return lambda _m, args: sig.__setitem__(key, args[0])
+
+    def update(sig: dict):
+        return lambda _m, args, out: sig.update(update=out - args[0], out=out)
+
+    handles = []
+    for sig, block in zip(signals, var.blocks, strict=True):
+        handles += [
+            block.attn.register_forward_pre_hook(keep(sig, "h_attn")),
+            block.ffn.register_forward_pre_hook(keep(sig, "h_ffn")),
+            block.register_forward_hook(update(sig)),
+        ]
+    try:
+        logits = var(labels_B, var_input_BLCv)
+    finally:
+        for handle in handles:
+            handle.remove()
+    for sig, mods in zip(signals, var.block_mods(var.class_emb(labels_B)), strict=True):
+        sig["gamma"] = mods.gamma1 + mods.gamma2
+    return logits, signals[-1]["out"], signals
 
 
 # ------------------------------------------------------------------------------------------- losses
@@ -160,7 +216,7 @@ def balance_loss(logits_NE: torch.Tensor, k_N: torch.Tensor) -> torch.Tensor:
 
 
 def stage1_losses(
-    student: nn.Module, signals: list[dict[str, torch.Tensor]], cfg: DistillConfig
+    student: nn.Module, signals: list[dict[str, torch.Tensor]], cfg: DistillObjective
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Router / gate / adapter losses of every block on the teacher's activations (backbone untouched)."""
     acfg = student.config
@@ -236,7 +292,7 @@ def stage2_losses(
     labels_B: torch.Tensor,
     var_input_BLCv: torch.Tensor,
     codes_BL: torch.Tensor,
-    cfg: DistillConfig,
+    cfg: DistillObjective,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """End-to-end sparse forward: KL + feature MSE + ground-truth CE + budget penalty."""
     trace: dict = {}
@@ -260,185 +316,76 @@ def stage2_losses(
     }
 
 
-# ------------------------------------------------------------------------------------------- setup
-def load_teacher(cfg: DistillConfig, device: torch.device) -> nn.Module:
-    """The frozen dense VAR: an argen model file, or an official .pth with `teacher_preset`."""
-    from argen.models.checkpoints import load_model
-    from argen.models.var import load_official_var, var_config
+# ----------------------------------------------------------------------------------- model and stages
+class Distiller(nn.Module):
+    """What task "distill" trains: the ActVAR student (`.student`, the only part trained and exported) with
+    the frozen teacher VAR and multi-scale VQVAE beside it, outside the module tree (so they are not in
+    checkpoints, not wrapped by DDP/FSDP2, but moved with the module).
 
-    path = Path(cfg.teacher)
-    if path.suffix in (".pth", ".pt"):
-        if not cfg.teacher_preset:
-            raise ValueError(
-                f"{path} is an official checkpoint: set teacher_preset (e.g. d16) to build its VAR"
-            )
-        var = load_official_var(path, var_config(cfg.teacher_preset), device)
-    else:
-        var = load_model(path, device=device)
-        if getattr(var, "kind", None) != "var":
-            raise ValueError(
-                f"{path} holds a {getattr(var, 'kind', '?')!r} model; the teacher must be a dense VAR"
-            )
-    return var.eval().requires_grad_(False)
-
-
-def build_student(teacher: nn.Module, cfg: DistillConfig) -> nn.Module:
-    """ActVAR.from_dense(teacher) at the budget preset `cfg.budget` with `cfg.actvar` overrides."""
-    from argen.models.actvar import ActVAR, actvar_config
-
-    return ActVAR.from_dense(teacher, actvar_config(cfg.budget, var=teacher.config, **cfg.actvar))
-
-
-class StepBatches:
-    """Batch of step s drawn from a generator seeded by (seed, s): resuming needs no loader state.
-
-    Returns (labels_B with label dropout, var_input (B, L - first, Cv), codes (B, L)) on the device.
+    `forward(batch, opts)` computes the stage's whole loss, so DDP sees one forward per micro-step and
+    FSDP2 (which shards the root only: stage 1 calls the student's routers and gates directly) gathers
+    the student's parameters once.
     """
 
-    def __init__(self, cfg: DistillConfig, var_cfg: Any, device: torch.device) -> None:
-        from argen.models.checkpoints import load_model
+    def __init__(self, student: nn.Module, teacher: nn.Module, vqvae: nn.Module | None = None) -> None:
+        super().__init__()
+        self.student = student
+        self.config = student.config
+        self.frozen = (teacher.eval().requires_grad_(False), vqvae)  # a tuple: not registered
 
-        self.cfg, self.var_cfg, self.device = cfg, var_cfg, device
-        self.dataset = None
-        if cfg.source == "tokens":
-            from argen.data import TokenDataset
+    def _apply(self, fn, recurse=True):  # .to(device) etc. reach the frozen models too
+        for m in self.frozen:
+            if m is not None:
+                m._apply(fn, recurse)
+        return super()._apply(fn, recurse)
 
-            self.dataset = TokenDataset(cfg.data.root)
-            if self.dataset.codes_NL.shape[1] != var_cfg.seq_len:
-                raise ValueError(
-                    f"{cfg.data.root}: codes have {self.dataset.codes_NL.shape[1]} positions, the "
-                    f"teacher expects {var_cfg.seq_len} (all scales of {var_cfg.patch_nums})"
-                )
-        vqvae = load_model(cfg.vqvae, device=device, expect=("msvq",)) if cfg.vqvae else None
-        self.vqvae = vqvae.requires_grad_(False) if vqvae is not None else None
+    def export_model(self) -> nn.Module:
+        return self.student
 
-    def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        cfg, vc, batch = self.cfg, self.var_cfg, self.cfg.batch_size
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        if self.dataset is not None:
-            idx = torch.randint(len(self.dataset), (batch,), generator=g)
-            codes, labels = self.dataset.codes_NL[idx], self.dataset.labels_N[idx]
-        else:
-            codes = torch.randint(vc.vocab_size, (batch, vc.seq_len), generator=g)
-            labels = torch.randint(vc.num_classes, (batch,), generator=g)
-        drop = torch.rand(batch, generator=g) < cfg.label_dropout
-        labels = torch.where(drop, torch.full_like(labels, vc.num_classes), labels).to(self.device)
-        codes = codes.to(self.device)
-        if self.vqvae is not None:
-            with torch.no_grad():
-                var_input = self.vqvae.idxBl_to_var_input(list(codes.split(vc.scale_sizes, dim=1)))
-        else:
-            var_input = torch.randn(batch, vc.seq_len - vc.scale_sizes[0], vc.vae_channels, generator=g)
-        return labels, var_input.to(self.device), codes
-
-
-def _stage_setup(student: nn.Module, cfg: DistillConfig, stage: int) -> tuple[Any, Any]:
-    """Freeze what the stage does not train; fresh AdamW + schedule over the stage's trainable params."""
-    from argen.training.optim import build_optimizer, build_scheduler
-
-    sparse_only = stage == 1 or cfg.stage2_backbone == "sparse"
-    for name, p in student.named_parameters():
-        p.requires_grad_(not sparse_only or ".router." in name or name.startswith("selectors."))
-    optim_cfg = cfg.stage1_optim if stage == 1 else cfg.stage2_optim
-    opt = build_optimizer(student, optim_cfg)
-    return opt, build_scheduler(opt, optim_cfg, cfg.stage1_steps if stage == 1 else cfg.stage2_steps)
-
-
-# --------------------------------------------------------------------------------------------- loop
-def _train_step(
-    student: nn.Module, teacher: nn.Module, batch: tuple, cfg: DistillConfig, stage: int, opt: Any, sched: Any
-) -> dict[str, float]:
-    labels, var_input, codes = batch
-    t_logits, t_hidden, signals = teacher_signals(teacher, labels, var_input)
-    student.train()
-    if stage == 1:
-        loss, metrics = stage1_losses(student, signals, cfg)
-    else:
-        loss, metrics = stage2_losses(student, t_logits, t_hidden, labels, var_input, codes, cfg)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    optim_cfg = cfg.stage1_optim if stage == 1 else cfg.stage2_optim
-    if optim_cfg.grad_clip > 0:
-        params = [p for p in student.parameters() if p.requires_grad]
-        metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, optim_cfg.grad_clip))
-    opt.step()
-    sched.step()
-    if stage == 1:  # the quantity stage 2 optimises, to follow progress through both stages
+    def inputs(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(codes_BL, labels_B[, var_input]) -> labels, teacher-forcing input (B, L - first, Cv), codes."""
+        codes_BL, labels_B, *given = batch
+        if given:
+            return labels_B, given[0], codes_BL
+        vqvae, sizes = self.frozen[1], self.config.var.scale_sizes
+        if vqvae is None:
+            raise ValueError("distillation on token codes needs the model's vqvae (an msvq model file)")
         with torch.no_grad():
-            metrics["kl"] = float(
-                kl_to_teacher(student.eval()(labels, var_input), t_logits, cfg.kl_temperature)
-            )
-    return metrics
+            var_input = vqvae.idxBl_to_var_input(list(codes_BL.split(sizes, dim=1)))
+        return labels_B, var_input, codes_BL
+
+    def forward(self, batch: Any, opts: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg = objective_options(opts)
+        labels, var_input, codes = self.inputs(batch)
+        t_logits, t_hidden, signals = teacher_signals(self.frozen[0], labels, var_input)
+        if opts["stage"] == 2:
+            return stage2_losses(self.student, t_logits, t_hidden, labels, var_input, codes, cfg)
+        loss, metrics = stage1_losses(self.student, signals, cfg)
+        with torch.no_grad():  # the quantity stage 2 optimises, to follow progress through both stages
+            training = self.student.training
+            logits = self.student.eval()(labels, var_input)
+            metrics["kl"] = float(kl_to_teacher(logits, t_logits, cfg.kl_temperature))
+            self.student.train(training)
+        return loss, metrics
 
 
-def _resume(student: nn.Module, opt: Any, sched: Any, state: Any, stage: int, source: str) -> None:
-    """Full state when the checkpoint is from this stage; model weights only at a stage boundary."""
-    from argen.training.checkpoint import apply_training_state, check_shapes
-
-    if state.config.get("stage") == stage:
-        apply_training_state(state, student, opt, sched, None, source)
-    else:
-        check_shapes(student, state.model, source)
-        student.load_state_dict(state.model, strict=True)
+def distill_loss(model: Any, batch: Any, opts: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+    """The loss of task "distill": the `Distiller`'s forward (through DDP when wrapped)."""
+    return model(batch, opts)
 
 
-def _save(
-    ckpt_dir: Path, student: nn.Module, opt: Any, sched: Any, step: int, config: dict, keep: int
-) -> None:
-    from argen.training.checkpoint import gather_training_state, save_checkpoint
-
-    state = gather_training_state(student, opt, sched, None, step, config)
-    if state is not None:
-        save_checkpoint(ckpt_dir, state, keep_last=keep)
+def _sparse_part(name: str) -> bool:
+    return ".router." in name or name.startswith("student.selectors.")
 
 
-def distill(cfg: DistillConfig) -> Path:
-    """Run (or resume) both distillation stages; returns the ActVAR model file `out_dir/actvar.safetensors`.
-
-    Writes `out_dir/metrics.jsonl` (one JSON line per logged step: stage, lr and every loss term, "kl" =
-    KL(teacher || sparse student) on the step's batch) and resumable checkpoints under `out_dir/checkpoints`.
-    """
-    from tqdm.auto import tqdm
-
-    from argen.distributed import resolve_device
-    from argen.models.checkpoints import read_meta, save_model
-    from argen.training.checkpoint import check_compatible, latest_checkpoint, load_checkpoint
-
-    out, device = Path(cfg.out_dir), resolve_device(cfg.device)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-    teacher = load_teacher(cfg, device)
-    student = build_student(teacher, cfg).to(device)
-    batches = StepBatches(cfg, teacher.config, device)
-    run_config = {"task": "distill", "model": to_dict(student.config), "distill": to_dict(cfg)}
-    ckpt_dir, total = out / "checkpoints", cfg.stage1_steps + cfg.stage2_steps
-    latest = latest_checkpoint(ckpt_dir)
-    state = load_checkpoint(latest) if latest else None
-    if state is not None:
-        check_compatible(state.config, run_config, str(latest))
-    step, stage, opt, sched = (state.step if state else 0), 0, None, None
-    with open(out / "metrics.jsonl", "a") as log, tqdm(total=total, initial=step, desc="distill") as bar:
-        while step < total:
-            if stage != (1 if step < cfg.stage1_steps else 2):
-                stage = 1 if step < cfg.stage1_steps else 2
-                opt, sched = _stage_setup(student, cfg, stage)
-                if state is not None:
-                    _resume(student, opt, sched, state, stage, str(latest))
-                    state = None
-            metrics = _train_step(student, teacher, batches(step), cfg, stage, opt, sched)
-            step += 1
-            bar.update(1)
-            bar.set_postfix(stage=stage, loss=f"{metrics['loss']:.4f}")
-            if step % cfg.log_every == 0 or step == total or step == cfg.stage1_steps:
-                lr = opt.param_groups[0]["lr"]
-                log.write(
-                    json.dumps({"step": step, "stage": stage, "lr": lr, **metrics, "time": time.time()})
-                    + "\n"
-                )
-                log.flush()
-            if step % cfg.ckpt_every == 0 or step == total or step == cfg.stage1_steps:
-                _save(ckpt_dir, student, opt, sched, step, {**run_config, "stage": stage}, cfg.keep_last)
-    # the student samples with its teacher's tokenizer: keep the teacher's record of it
-    teacher_meta = read_meta(cfg.teacher) if cfg.teacher else {}
-    trained_with = {**teacher_meta.get("trained_with", {}), "objective": {"distilled_from": str(cfg.teacher)}}
-    return save_model(student.eval().requires_grad_(False), out / "actvar", trained_with=trained_with)
+def distill_stages(cfg: TrainConfig) -> tuple[Stage, Stage]:
+    """Stage 1: routers, gates and adapters on `objective.stage1_optim`; stage 2: the rest of the steps
+    on `optim`, every student parameter (or the sparse parts only, `stage2_backbone="sparse"`)."""
+    opts = objective_options(cfg.objective)
+    if opts.stage1_steps > cfg.steps:
+        raise ValueError(f"objective.stage1_steps={opts.stage1_steps} exceeds steps={cfg.steps}")
+    stage2 = _sparse_part if opts.stage2_backbone == "sparse" else (lambda name: True)
+    return (
+        Stage(opts.stage1_steps, opts.stage1_optim, _sparse_part, {"stage": 1}),
+        Stage(cfg.steps - opts.stage1_steps, cfg.optim, stage2, {"stage": 2}),
+    )

@@ -12,14 +12,12 @@ import json
 import math
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from argen.config import TrainConfig, replace, to_dict
 from argen.distributed import (
@@ -40,96 +38,14 @@ from argen.models.checkpoints import (
     save_model,
 )
 from argen.training import checkpoint as ckpt
+from argen.training.batches import step_batches, to_device
 from argen.training.ema import EMA
-from argen.training.optim import build_optimizer, build_scheduler
+from argen.training.optim import Stage, build_optimizer, build_scheduler
 from argen.training.tasks import Task, get_task
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss (or gradient norm) became NaN/inf; the run stopped before the optimizer step."""
-
-
-# --------------------------------------------------------------------------------------------------- data
-class _Window(Sampler[int]):
-    """Indices [start, stop) of a sampler's epoch order: resumes mid-epoch and drops the ragged tail."""
-
-    def __init__(self, base: Sampler[int], start: int, stop: int):
-        self.base, self.start, self.stop = base, start, stop
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(list(self.base)[self.start : self.stop])
-
-    def __len__(self) -> int:
-        return self.stop - self.start
-
-
-def micro_batch_size(cfg: TrainConfig, world_size: int) -> int:
-    per = world_size * cfg.grad_accum
-    if cfg.batch_size % per:
-        raise ValueError(f"batch_size {cfg.batch_size} must be divisible by world_size x grad_accum = {per}")
-    return cfg.batch_size // per
-
-
-def step_batches(dataset: Dataset, cfg: TrainConfig, info: DistInfo, start_step: int) -> Iterator[list[Any]]:
-    """For each optimizer step from `start_step` on: this rank's list of grad_accum micro-batches.
-
-    Epoch e shuffles with DistributedSampler(seed=cfg.seed).set_epoch(e); step s reads its slice of it.
-    Rank r holds items r::world of that order, so the global batch of a step does not depend on the number
-    of ranks. Sizes are checked here, before the first batch is drawn.
-    """
-    mb = micro_batch_size(cfg, info.world_size)
-    sampler = DistributedSampler(
-        dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=cfg.seed, drop_last=True
-    )
-    per_step = mb * cfg.grad_accum
-    steps_per_epoch = len(sampler) // per_step
-    if steps_per_epoch == 0:
-        raise ValueError(
-            f"dataset of {len(dataset)} items is smaller than one global batch ({cfg.batch_size})"
-        )
-    return _epochs(dataset, sampler, cfg, info, start_step, steps_per_epoch)
-
-
-def _epochs(
-    dataset: Dataset,
-    sampler: DistributedSampler,
-    cfg: TrainConfig,
-    info: DistInfo,
-    step: int,
-    steps_per_epoch: int,
-) -> Iterator[list[Any]]:
-    mb = micro_batch_size(cfg, info.world_size)
-    per_step = mb * cfg.grad_accum
-    while True:
-        epoch, offset = divmod(step, steps_per_epoch)
-        sampler.set_epoch(epoch)
-        if hasattr(dataset, "set_epoch"):  # augmentations drawn per (seed, epoch, item): see argen.data
-            dataset.set_epoch(epoch)
-        window = _Window(sampler, offset * per_step, steps_per_epoch * per_step)
-        # A private generator keeps DataLoader from drawing on the global RNG (which the checkpoint restores).
-        loader = DataLoader(
-            dataset,
-            batch_size=mb,
-            sampler=window,
-            drop_last=True,
-            num_workers=cfg.data.num_workers,
-            generator=torch.Generator().manual_seed(cfg.seed),
-            pin_memory=info.device.type == "cuda",
-        )
-        it = iter(loader)
-        for _ in range(steps_per_epoch - offset):
-            yield [next(it) for _ in range(cfg.grad_accum)]
-            step += 1
-
-
-def _to_device(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, list | tuple):
-        return type(batch)(_to_device(b, device) for b in batch)
-    if isinstance(batch, dict):
-        return {k: _to_device(v, device) for k, v in batch.items()}
-    return batch
 
 
 # -------------------------------------------------------------------------------------------- the run
@@ -154,16 +70,34 @@ class _Run:
     task: Task
     model: nn.Module  # as wrapped (DDP / FSDP2 / plain)
     module: nn.Module  # the user's module (same object as `model` under FSDP2 and "none")
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
+    stages: tuple[Stage, ...]
     ema: EMA | None
     out: Path
+    stage: int = -1  # index into `stages` of the optimizer and scheduler below (set by `_enter_stage`)
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
     step: int = 0
     saved_step: int = -1  # newest step on disk; same on every rank, so all ranks agree to skip a save
 
     @property
     def ckpt_dir(self) -> Path:
         return self.out / "checkpoints"
+
+    @property
+    def staged(self) -> bool:
+        return self.task.stages is not None
+
+    def stage_of(self, step: int) -> int:
+        """Index of the stage that takes optimizer step `step` (0-based; the last stage past the end)."""
+        end = 0
+        for i, stage in enumerate(self.stages):
+            end += stage.steps
+            if step < end:
+                return i
+        return len(self.stages) - 1
+
+    def stage_end(self, index: int) -> int:
+        return sum(s.steps for s in self.stages[: index + 1])
 
     def loss_model(self) -> Any:
         return _DDPView(self.model) if self.model is not self.module else self.module
@@ -182,8 +116,38 @@ class _Run:
         )
 
 
+def _stages(task: Task, cfg: TrainConfig) -> tuple[Stage, ...]:
+    if task.stages is None:
+        return (Stage(cfg.steps, cfg.optim),)
+    stages = tuple(task.stages(cfg))
+    if sum(s.steps for s in stages) != cfg.steps:
+        raise ValueError(
+            f"the stages of task {cfg.task} take {[s.steps for s in stages]} steps but steps={cfg.steps}: "
+            "set steps to their sum"
+        )
+    return stages
+
+
+def _enter_stage(run: _Run, index: int) -> None:
+    """Freeze what the stage does not train, then a fresh optimizer and schedule over what it trains.
+
+    Under DDP the model is wrapped again: DDP reduces the gradients of the parameters that required them
+    when it was built. FSDP2 follows `requires_grad` as it gathers, so its in-place wrapping stays.
+    """
+    stage = run.stages[index]
+    if stage.trainable is not None:
+        for name, p in run.module.named_parameters():
+            p.requires_grad_(stage.trainable(name))
+        if run.model is not run.module:  # DDP
+            run.model = wrap_model(run.module, "ddp", run.info.device)
+    run.optimizer = build_optimizer(run.module, stage.optim)
+    run.scheduler = build_scheduler(run.optimizer, stage.optim, stage.steps)
+    run.stage = index
+
+
 def _build(cfg: TrainConfig, info: DistInfo) -> _Run:
     task = get_task(cfg.task)
+    stages = _stages(task, cfg)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     module = task.build_model(cfg.model)
     if cfg.init:
@@ -197,11 +161,11 @@ def _build(cfg: TrainConfig, info: DistInfo) -> _Run:
     model = wrap_model(
         module, cfg.strategy, info.device, cfg.precision == "bf16", cfg.activation_checkpointing
     )
-    optimizer = build_optimizer(module, cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.optim, cfg.steps)
-    ema = EMA(module, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    ema = EMA(module, cfg.ema_decay) if cfg.ema_decay > 0 else None  # every parameter a stage may train
+    run = _Run(cfg, info, task, model, module, stages, ema, Path(cfg.out_dir))
+    _enter_stage(run, run.stage_of(0))
     seed_everything(cfg.seed, info.rank)
-    return _Run(cfg, info, task, model, module, optimizer, scheduler, ema, Path(cfg.out_dir))
+    return run
 
 
 def _maybe_resume(run: _Run) -> None:
@@ -222,9 +186,18 @@ def _maybe_resume(run: _Run) -> None:
         return
     state = ckpt.load_checkpoint(latest)
     ckpt.check_compatible(state.config, to_dict(run.cfg), str(latest))
+    # the checkpoint holds the optimizer of the stage that took its last step (at a stage boundary, the
+    # stage that ended: the training loop then starts the next one, as an uninterrupted run does)
+    last = run.stage_of(max(state.step - 1, 0))
+    if last != run.stage:
+        _enter_stage(run, last)
     ckpt.apply_training_state(state, run.module, run.optimizer, run.scheduler, run.ema, str(latest))
     run.step = run.saved_step = state.step
-    _say(run, f"argen train {run.cfg.task}: resumed from {latest} at step {state.step} of {run.cfg.steps}")
+    where = f" (stage {run.stage_of(state.step) + 1} of {len(run.stages)})" if run.staged else ""
+    _say(
+        run,
+        f"argen train {run.cfg.task}: resumed from {latest} at step {state.step} of {run.cfg.steps}{where}",
+    )
     changed = {
         k: (state.config.get(k), v)
         for k, v in to_dict(run.cfg).items()
@@ -247,11 +220,12 @@ def _train_step(run: _Run, micro: list[Any]) -> tuple[float, float, dict[str, fl
     run.model.train()
     loss_sum = torch.zeros((), device=dev, dtype=torch.float64)
     metrics: dict[str, float] = {}
-    opts = {**cfg.objective, "step": run.step}  # for GAN warm-up and progressive scales
+    stage = run.stages[run.stage]
+    opts = {**cfg.objective, **stage.options, "step": run.step}  # step: GAN warm-up, progressive scales
     for i, batch in enumerate(micro):
         last = i == len(micro) - 1
         with run.grad_sync(last), torch.autocast(dev.type, torch.bfloat16, enabled=cfg.precision == "bf16"):
-            loss, m = run.task.loss(run.loss_model(), _to_device(batch, dev), opts)
+            loss, m = run.task.loss(run.loss_model(), to_device(batch, dev), opts)
             (loss / len(micro)).backward()
         loss_sum += loss.detach().double()
         for k, v in m.items():
@@ -259,7 +233,7 @@ def _train_step(run: _Run, micro: list[Any]) -> tuple[float, float, dict[str, fl
     loss_mean = float(all_reduce_sum(loss_sum) / (len(micro) * run.info.world_size))
     params = [p for p in run.module.parameters() if p.grad is not None]
     norm = torch.nn.utils.clip_grad_norm_(
-        params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
+        params, stage.optim.grad_clip if stage.optim.grad_clip > 0 else math.inf
     )
     norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
     if not (math.isfinite(loss_mean) and math.isfinite(norm)):
@@ -336,12 +310,13 @@ def _save(run: _Run) -> None:
 
 
 def _export(run: _Run, trained_with: dict) -> Path:
-    """Write out_dir/model.safetensors (+ .json): the EMA weights when EMA is on, else the live weights."""
+    """Write out_dir/<export_name>.safetensors (+ .json): the EMA weights when EMA is on, else the live
+    weights."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     state = get_model_state_dict(run.module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     ema = run.ema.full_state_dict(keep=run.info.is_main) if run.ema is not None else {}
-    path = run.out / "model.safetensors"
+    path = run.out / f"{run.task.export_name}.safetensors"
     if run.info.is_main:
         state.update({k: v.to(state[k].dtype) for k, v in ema.items()})
         fresh = run.task.build_model(run.cfg.model)
@@ -364,7 +339,8 @@ def _provenance(cfg: TrainConfig, dataset: Any) -> dict:
 
 # ----------------------------------------------------------------------------------------------- entry
 def train(cfg: TrainConfig, resume: bool | str | None = None) -> Path:
-    """Train `cfg.task` as configured; returns the exported model path (out_dir/model.safetensors).
+    """Train `cfg.task` as configured; returns the exported model path (out_dir/model.safetensors, or the
+    task's `export_name`).
 
     Launch with `torchrun --nproc_per_node N` for multi-process DDP/FSDP2; a plain call is one process.
 
@@ -409,16 +385,20 @@ def _train(cfg: TrainConfig, info: DistInfo) -> Path:
     t0, n0 = time.perf_counter(), run.step
     try:
         while run.step < cfg.steps:
+            if run.stage_of(run.step) != run.stage:
+                _enter_stage(run, run.stage_of(run.step))
+            stage = {"stage": run.stage + 1} if run.staged else {}
             lr = run.optimizer.param_groups[0]["lr"]  # the rate this step uses (the scheduler moves it after)
             loss, norm, metrics = _train_step(run, next(batches))
             run.step += 1
             img_s = (run.step - n0) * cfg.batch_size / max(time.perf_counter() - t0, 1e-9)
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{img_s:.1f}")
+            bar.set_postfix(**stage, loss=f"{loss:.4f}", img_s=f"{img_s:.1f}")
             if run.step % cfg.log_every == 0 or run.step == cfg.steps:
                 logger.log(
                     {
                         "step": run.step,
+                        **stage,
                         "loss": loss,
                         "grad_norm": norm,
                         "lr": lr,
@@ -426,10 +406,12 @@ def _train(cfg: TrainConfig, info: DistInfo) -> Path:
                         **{f"task/{k}": v for k, v in metrics.items()},
                     }
                 )
-            if cfg.ckpt_every and run.step % cfg.ckpt_every == 0 and run.step < cfg.steps:
+            stage_done = run.step == run.stage_end(run.stage)  # a stage's last step: a resume point
+            if (stage_done or (cfg.ckpt_every and run.step % cfg.ckpt_every == 0)) and run.step < cfg.steps:
                 _save(run)
         _save(run)
-        return _export(run, _provenance(cfg, dataset))
+        provenance = run.task.provenance or _provenance
+        return _export(run, provenance(cfg, dataset))
     finally:
         bar.close()
         logger.close()

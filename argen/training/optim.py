@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -80,3 +83,18 @@ def build_scheduler(
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """LambdaLR following `lr_factor`; its state is just the step count, so it is JSON-serialisable."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg, total_steps))
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One phase of a staged task (e.g. distillation's warm-up, then end-to-end training).
+
+    Each stage starts a fresh optimizer and schedule (`optim`, over `steps` steps). `trainable` picks the
+    parameters it trains by name (the others are frozen); None keeps what the model was built with.
+    `options` are added to the objective options of its steps (the loss learns which stage it runs).
+    """
+
+    steps: int
+    optim: OptimConfig
+    trainable: Callable[[str], bool] | None = None
+    options: dict[str, Any] = field(default_factory=dict)
