@@ -253,10 +253,10 @@ def stage1_losses(
         "adapter": cfg.adapter_weight,
         "balance": cfg.balance_weight,
     }
-    used = [weights[k] * v for k, v in means.items() if v is not None and weights[k] > 0]
-    if not used:
+    if not any(v is not None and weights[k] > 0 for k, v in means.items()):
         raise ValueError("stage 1 has nothing to train: the budget keeps every expert and token")
-    loss = torch.stack(used).sum()
+    # terms weighted 0 are kept (times 0), so every trainable parameter takes part in each step (DDP)
+    loss = torch.stack([weights[k] * v for k, v in means.items() if v is not None]).sum()
     metrics = {f"s1_{k}": float(v.detach()) for k, v in means.items() if v is not None}
     return loss, {"loss": float(loss.detach()), **metrics}
 
