@@ -8,6 +8,7 @@ to plain strings).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import types
 import typing
@@ -117,9 +118,11 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     fields = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = set(data) - fields
     if unknown:
+        close = {k: difflib.get_close_matches(k, fields, n=1) for k in sorted(unknown)}
+        hint = "".join(f" (did you mean {m[0]!r} for {k!r}?)" for k, m in close.items() if m)
         raise ValueError(
-            f"unknown config key(s) {sorted(unknown)} for {cls.__name__}{' at ' + where if where else ''}; "
-            f"valid keys: {sorted(fields)}"
+            f"unknown config key(s) {sorted(unknown)} for {cls.__name__}{' at ' + where if where else ''}"
+            f"{hint}; valid keys: {sorted(fields)}"
         )
     kwargs = {k: _coerce(hints[k], v, f"{where}.{k}".lstrip(".")) for k, v in data.items()}
     return cls(**kwargs)

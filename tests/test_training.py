@@ -347,3 +347,29 @@ def test_start_of_run_line_says_what_was_resumed_and_what_changed(tmp_path, caps
     err = capsys.readouterr().err
     assert "resumed from" in err and "step_00000004 at step 4 of 6" in err
     assert "batch_size changed since the checkpoint: 8 -> 16" in err
+
+
+@pytest.mark.parametrize(
+    ("task", "key", "hint"),
+    [
+        ("var", "progresive_steps", "progressive_steps"),
+        ("gpt", "randomise", "randomize"),
+        ("classifier", "label_smoothin", "label_smoothing"),
+        ("distill", "stage1_step", "stage1_steps"),
+    ],
+)
+def test_objective_options_are_typed_and_a_typo_is_named(task, key, hint):
+    from argen.training.distill import distill_options
+    from argen.training.objectives import (
+        ClassifierObjective,
+        GPTObjective,
+        VARObjective,
+        objective_options,
+    )
+
+    classes = {"var": VARObjective, "gpt": GPTObjective, "classifier": ClassifierObjective}
+    parse = distill_options if task == "distill" else lambda o: objective_options(classes[task], o)
+    with pytest.raises(ValueError, match=rf"unknown config key.*'{key}'.*did you mean '{hint}'"):
+        parse({key: 1, "step": 3})
+    with pytest.raises(ValueError, match="expects"):  # and values have types
+        parse({hint: "many", "step": 3})

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from argen.config import DataConfig, OptimConfig, TrainConfig, from_dict, to_dict
+from argen.config import DataConfig, OptimConfig, TrainConfig, to_dict
+from argen.training.objectives import TRAINER_KEYS, objective_options
 from argen.training.optim import Stage
 
 
@@ -76,11 +77,9 @@ class DistillObjective:
             raise ValueError("router_tau and kl_temperature must be > 0, label_dropout in [0, 1)")
 
 
-def objective_options(opts: dict[str, Any]) -> DistillObjective:
+def distill_options(opts: dict[str, Any]) -> DistillObjective:
     """The typed options of a loss call (the trainer's "step" and the stage's "stage" set aside)."""
-    return from_dict(
-        DistillObjective, {k: v for k, v in opts.items() if k not in ("step", "stage")}, where="objective"
-    )
+    return objective_options(DistillObjective, opts, (*TRAINER_KEYS, "stage"))
 
 
 @dataclass
@@ -355,7 +354,7 @@ class Distiller(nn.Module):
         return labels_B, var_input, codes_BL
 
     def forward(self, batch: Any, opts: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-        cfg = objective_options(opts)
+        cfg = distill_options(opts)
         labels, var_input, codes = self.inputs(batch)
         t_logits, t_hidden, signals = teacher_signals(self.frozen[0], labels, var_input)
         if opts["stage"] == 2:
@@ -381,7 +380,7 @@ def _sparse_part(name: str) -> bool:
 def distill_stages(cfg: TrainConfig) -> tuple[Stage, Stage]:
     """Stage 1: routers, gates and adapters on `objective.stage1_optim`; stage 2: the rest of the steps
     on `optim`, every student parameter (or the sparse parts only, `stage2_backbone="sparse"`)."""
-    opts = objective_options(cfg.objective)
+    opts = distill_options(cfg.objective)
     if opts.stage1_steps > cfg.steps:
         raise ValueError(f"objective.stage1_steps={opts.stage1_steps} exceeds steps={cfg.steps}")
     stage2 = _sparse_part if opts.stage2_backbone == "sparse" else (lambda name: True)

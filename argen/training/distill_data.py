@@ -19,7 +19,7 @@ from argen.model_io import read_meta
 from argen.models.actvar import ActVAR, actvar_config
 from argen.models.checkpoints import load_model
 from argen.models.var import VARConfig, load_official_var, var_config
-from argen.training.distill import Distiller, objective_options
+from argen.training.distill import Distiller, distill_options
 
 
 @dataclass
@@ -136,7 +136,7 @@ class LabelDropout(Dataset):
 def distill_dataset(cfg: TrainConfig) -> Dataset:
     """Token maps of all scales (objective.source="tokens": data.root from `argen tokenize` with the
     model's vqvae) or random codes, with the objective's label dropout."""
-    spec, opts = model_spec(cfg.model), objective_options(cfg.objective)
+    spec, opts = model_spec(cfg.model), distill_options(cfg.objective)
     vc = teacher_config(spec)
     if opts.source == "tokens":
         if spec.vqvae is None or cfg.data.source != "tokens" or cfg.data.root is None:

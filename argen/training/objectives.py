@@ -1,10 +1,24 @@
 """Training objectives (losses) and the model/dataset builders of each family; `training/tasks.py` names
 them as tasks (this module imports nothing from there: no import circle).
 
-Losses live here so that training and distillation reuse the same forward passes.
+Losses live here so that training and distillation reuse the same forward passes. Each objective reads its
+options (`TrainConfig.objective`) into a dataclass: an unknown key is an error that names the closest field.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from argen.config import from_dict
+
+# what the trainer adds to the objective options of every step: the optimizer step about to be taken
+TRAINER_KEYS = ("step",)
+
+
+def objective_options(cls: type, opts: dict[str, Any], trainer_keys: tuple[str, ...] = TRAINER_KEYS) -> Any:
+    """`opts` (less the trainer's keys) as the option dataclass `cls`; unknown keys or wrong types refused."""
+    return from_dict(cls, {k: v for k, v in opts.items() if k not in trainer_keys}, where="objective")
 
 
 # ---------------------------------------------------------------------------------------------- tokenizers
@@ -114,16 +128,22 @@ def _check_vocab(dataset, model_vocab: int, root) -> None:
         )
 
 
-_GPT_OPTION_KEYS = {
-    "order",
-    "mode",
-    "schedule",
-    "randomize",
-    "min_steps",
-    "max_steps",
-    "label_dropout",
-    "step",
-}
+@dataclass
+class GPTObjective:
+    """Options of the gpt objective (None = the model's own setting).
+
+    order: "raster" | "spiral" | "random". mode: must equal the model's. schedule: "sides" | "rings" |
+    "tokens:K" | a step count | sizes. randomize: random contiguous partitions per batch (any-schedule EAR),
+    of min_steps..max_steps (None = one per token) steps. label_dropout: share of null labels.
+    """
+
+    order: str | None = None
+    mode: str | None = None
+    schedule: str | int | list[int] | None = None
+    randomize: bool = False
+    min_steps: int = 1
+    max_steps: int | None = None
+    label_dropout: float | None = None
 
 
 def gpt_training_order(cfg, opts: dict):
@@ -131,20 +151,16 @@ def gpt_training_order(cfg, opts: dict):
     partition of it when `randomize` is on (any-schedule EAR training)."""
     from argen.orders import build_order, random_partition
 
-    unknown = set(opts) - _GPT_OPTION_KEYS
-    if unknown:
-        raise ValueError(
-            f"unknown gpt objective option(s) {sorted(unknown)}; valid: {sorted(_GPT_OPTION_KEYS)}"
-        )
-    if opts.get("mode", cfg.mode) != cfg.mode:
-        raise ValueError(f"objective mode {opts['mode']!r} differs from the model's mode {cfg.mode!r}")
-    order = build_order(opts.get("order", cfg.order), cfg.grid, opts.get("schedule", cfg.schedule))
-    if opts.get("randomize", False):
+    o = objective_options(GPTObjective, opts)
+    if o.mode is not None and o.mode != cfg.mode:
+        raise ValueError(f"objective mode {o.mode!r} differs from the model's mode {cfg.mode!r}")
+    schedule = cfg.schedule if o.schedule is None else o.schedule
+    order = build_order(o.order or cfg.order, cfg.grid, schedule)
+    if o.randomize:
         if cfg.mode != "next_any":
             raise ValueError("randomized partitions need a next_any (EAR) model")
-        lo = int(opts.get("min_steps", 1))
-        hi = int(opts.get("max_steps", order.length))
-        order = order.with_sizes(random_partition(order.length, None, lo, hi))
+        hi = order.length if o.max_steps is None else o.max_steps
+        order = order.with_sizes(random_partition(order.length, None, o.min_steps, hi))
     return order
 
 
@@ -163,7 +179,8 @@ def gpt_loss(model, batch, opts: dict) -> tuple:
     if codes_BL.shape[1] != cfg.grid * cfg.grid:
         raise ValueError(f"token codes have {codes_BL.shape[1]} positions; the model expects {cfg.grid}^2")
     order = gpt_training_order(cfg, opts)
-    labels_B = net.cls_embedding.drop(label_B, float(opts.get("label_dropout", cfg.label_dropout)))
+    dropout = objective_options(GPTObjective, opts).label_dropout
+    labels_B = net.cls_embedding.drop(label_B, cfg.label_dropout if dropout is None else dropout)
     target_BL = order.to_sequence(codes_BL)
     logits_BLV = model(target_BL, labels_B, order)
     loss = F.cross_entropy(logits_BLV.reshape(-1, logits_BLV.shape[-1]), target_BL.reshape(-1))
@@ -172,6 +189,24 @@ def gpt_loss(model, batch, opts: dict) -> tuple:
 
 
 # --------------------------------------------------------------------------------------------------- VAR
+@dataclass
+class VARObjective:
+    """Options of the var objective.
+
+    vqvae: the frozen multi-scale VQVAE (msvq model file, or a module) giving the teacher-forcing input.
+    vqvae_bf16: encode images under bf16 autocast (None: on CUDA with bf16 support).
+    label_dropout: share of null labels (for CFG).
+    progressive_steps / progressive_start: grow the trained scales from progressive_start to all over
+        progressive_steps optimizer steps (0 = all scales from the start).
+    """
+
+    vqvae: Any = None
+    vqvae_bf16: bool | None = None
+    label_dropout: float = 0.1
+    progressive_steps: int = 0
+    progressive_start: int = 1
+
+
 def var_model(model: dict):
     from argen.models.var import VAR, var_config
 
@@ -186,7 +221,7 @@ def var_dataset(cfg):
     from argen.models.checkpoints import tokenizer_fingerprint
 
     dataset = build_dataset(cfg.data, cfg.seed)
-    spec = cfg.objective.get("vqvae")
+    spec = objective_options(VARObjective, cfg.objective).vqvae
     if cfg.data.source != "tokens":
         if spec is None:
             raise ValueError(
@@ -241,12 +276,13 @@ def _var_vqvae(spec, device):
 def var_progressive_scales(num_scales: int, opts: dict) -> int:
     """Scales trained at `opts["step"]`: all, or (with `progressive_steps` > 0) growing linearly from
     `progressive_start` (default 1) to all scales over `progressive_steps` optimizer steps."""
-    ramp = int(opts.get("progressive_steps", 0))
+    o = objective_options(VARObjective, opts)
+    ramp = o.progressive_steps
     if ramp <= 0:
         return num_scales
     if "step" not in opts:
         raise ValueError("progressive VAR training needs the optimizer step in objective option 'step'")
-    start = max(1, min(int(opts.get("progressive_start", 1)), num_scales))
+    start = max(1, min(o.progressive_start, num_scales))
     return start + int(min(int(opts["step"]) / ramp, 1.0) * (num_scales - start))
 
 
@@ -276,21 +312,24 @@ def var_loss(model, batch, opts: dict) -> tuple:
 
     codes_BL, label_B = batch
     cfg = getattr(model, "module", model).config
+    o = objective_options(VARObjective, opts)
     if codes_BL.is_floating_point():
         dev = codes_BL.device
-        bf16 = opts.get("vqvae_bf16", dev.type == "cuda" and torch.cuda.is_bf16_supported())
-        codes_BL = var_encode(_var_vqvae(opts.get("vqvae"), dev), codes_BL, bool(bf16))
+        bf16 = o.vqvae_bf16
+        if bf16 is None:
+            bf16 = dev.type == "cuda" and torch.cuda.is_bf16_supported()
+        codes_BL = var_encode(_var_vqvae(o.vqvae, dev), codes_BL, bf16)
     if codes_BL.shape[1] != cfg.seq_len:
         raise ValueError(
             f"token codes have {codes_BL.shape[1]} positions; VAR with patch_nums {cfg.patch_nums} "
             f"expects {cfg.seq_len} (all scales concatenated)"
         )
-    vqvae = _var_vqvae(opts.get("vqvae"), codes_BL.device)
+    vqvae = _var_vqvae(o.vqvae, codes_BL.device)
     with torch.no_grad():
         var_input_BLCv = vqvae.idxBl_to_var_input(list(codes_BL.split(cfg.scale_sizes, dim=1)))
     num = var_progressive_scales(len(cfg.patch_nums), opts)
     begin, end = cfg.scale_bounds[num - 1]
-    drop_B = torch.rand(label_B.shape, device=label_B.device) < float(opts.get("label_dropout", 0.1))
+    drop_B = torch.rand(label_B.shape, device=label_B.device) < o.label_dropout
     labels_B = torch.where(drop_B, torch.full_like(label_B, cfg.num_classes), label_B)
     logits_BLV = model(labels_B, var_input_BLCv[:, : end - cfg.scale_sizes[0]])
     target_BL = codes_BL[:, :end]
@@ -317,12 +356,20 @@ def classifier_dataset(cfg):
     return build_image_dataset(cfg.data, cfg.seed)
 
 
+@dataclass
+class ClassifierObjective:
+    """Options of the classifier objective: label_smoothing of the cross-entropy."""
+
+    label_smoothing: float = 0.0
+
+
 def classifier_loss(model, batch, opts: dict) -> tuple:
-    """Cross-entropy of the evaluation classifier on (images in [-1, 1], labels); opts: label_smoothing."""
+    """Cross-entropy of the evaluation classifier on (images in [-1, 1], labels), ClassifierObjective."""
     import torch.nn.functional as F
 
     img_BCHW, label_B = batch
     logits_BK = model(img_BCHW)
-    loss = F.cross_entropy(logits_BK, label_B, label_smoothing=float(opts.get("label_smoothing", 0.0)))
+    smoothing = objective_options(ClassifierObjective, opts).label_smoothing
+    loss = F.cross_entropy(logits_BK, label_B, label_smoothing=smoothing)
     acc = (logits_BK.argmax(-1) == label_B).float().mean()
     return loss, {"loss": float(loss.detach()), "acc": float(acc)}
