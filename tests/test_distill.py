@@ -285,6 +285,7 @@ def test_bf16_distillation_runs_and_follows_fp32(files, tmp_path: Path) -> None:
 PER_ITEM = dict(adapter_weight=0.0, feature_weight=0.0, budget_weight=0.0)
 RUNS = {"ddp": dict(strategy="ddp", **PER_ITEM), "fsdp": dict(strategy="fsdp", **PER_ITEM)}
 RUNS["ddp_all_terms"] = dict(strategy="ddp")
+RUNS["fsdp_bf16"] = dict(strategy="fsdp", precision="bf16")  # bf16 gathers and compute, fp32 reduce
 
 
 def worker(root: Path) -> None:
@@ -335,6 +336,23 @@ def test_two_rank_distillation_matches_one_process(two_ranks, files, tmp_path, n
     assert meta["kind"] == "actvar" and meta["trained_with"]["objective"] == {
         "distilled_from": str(files["var"])
     }
+
+
+@pytest.mark.dist
+def test_two_rank_fsdp_bf16_distillation_follows_fp32(two_ranks) -> None:
+    rows = [json.loads(x) for x in (two_ranks / "fsdp_bf16" / "metrics.jsonl").read_text().splitlines()]
+    ref_rows = [
+        json.loads(x) for x in (two_ranks / "ddp_all_terms" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [r["stage"] for r in rows] == [1, 1, 2, 2, 2]
+    torch.testing.assert_close(
+        torch.tensor([r["loss"] for r in rows]),
+        torch.tensor([r["loss"] for r in ref_rows]),
+        rtol=1e-2,
+        atol=0,
+    )
+    got = load_file(str(two_ranks / "fsdp_bf16" / "actvar.safetensors"))
+    assert all(v.dtype != torch.bfloat16 for v in got.values())  # fp32 master weights exported
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from argen.models.checkpoints import (
 from argen.training import checkpoint as ckpt
 from argen.training.batches import step_batches, to_device
 from argen.training.ema import EMA
+from argen.training.metrics_log import MetricsLog
 from argen.training.optim import Stage, build_optimizer, build_scheduler
 from argen.training.tasks import Task, get_task
 
@@ -252,53 +253,6 @@ def _train_step(run: _Run, micro: list[Any]) -> tuple[float, float, dict[str, fl
     return loss_mean, norm, metrics
 
 
-# -------------------------------------------------------------------------------------------- logging
-def _record_step(line: str) -> float:
-    """Step of a metrics.jsonl line; a line cut short by a crash counts as past any step (dropped)."""
-    try:
-        return json.loads(line).get("step", 0)
-    except json.JSONDecodeError:
-        return math.inf
-
-
-class _Logger:
-    """metrics.jsonl (+ optional TensorBoard) on rank 0; a no-op elsewhere."""
-
-    def __init__(self, run: _Run):
-        self.active = run.info.is_main
-        self.path = run.out / "metrics.jsonl"
-        self.tb = None
-        if not self.active:
-            return
-        run.out.mkdir(parents=True, exist_ok=True)
-        if self.path.exists():  # drop records past the resumed step so the log matches the weights
-            keep = [ln for ln in self.path.read_text().splitlines() if _record_step(ln) <= run.step]
-            self.path.write_text("".join(ln + "\n" for ln in keep))
-        if run.cfg.tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as e:
-                raise ValueError(
-                    "tensorboard=True needs the tensorboard package: pip install 'argen[tensorboard]'"
-                    " (or set tensorboard=false)"
-                ) from e
-            self.tb = SummaryWriter(str(run.out / "tb"))
-
-    def log(self, record: dict[str, Any]) -> None:
-        if not self.active:
-            return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.tb is not None:
-            for k, v in record.items():
-                if k != "step" and isinstance(v, int | float):
-                    self.tb.add_scalar(k, v, record["step"])
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-
-
 def _save(run: _Run) -> None:
     if run.saved_step == run.step:
         return
@@ -374,7 +328,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> Path:
     _maybe_resume(run)
     dataset = run.task.build_dataset(cfg)
     batches = step_batches(dataset, cfg, info, run.step)  # checks sizes before anything is written
-    logger = _Logger(run)
+    logger = MetricsLog(run.out, run.step, info.is_main, cfg.tensorboard)
     if info.is_main:
         atomic_write_text(run.out / "config.json", json.dumps(to_dict(cfg), indent=2) + "\n")
     from tqdm.auto import tqdm
