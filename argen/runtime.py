@@ -13,6 +13,7 @@ import ctypes
 import os
 import platform
 
+_MALLINFO2_FIELDS = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks")
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 ENV_OPT_OUT = "ARGEN_SYSTEM_MALLOC"
@@ -35,3 +36,23 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (*_MALLINFO2_FIELDS, "fordblks", "keepcost")]
+
+
+def heap_in_use() -> int | None:
+    """Bytes glibc's malloc has handed out and not taken back (all arenas and mmapped blocks), or None where
+    that is not available (glibc < 2.33, other libcs).
+
+    Unlike the resident size it falls when memory is freed even while `keep_freed_memory` keeps the pages,
+    so benchmarks read peak memory from it.
+    """
+    try:
+        mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return None
+    mallinfo2.restype = _MallInfo2
+    info = mallinfo2()
+    return int(info.uordblks + info.hblkhd)

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from argen.runtime import ENV_OPT_OUT, keep_freed_memory
+from argen.runtime import ENV_OPT_OUT, heap_in_use, keep_freed_memory
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
@@ -37,3 +37,15 @@ print(before - rss_mb())
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     )
     assert dropped < 8, f"freed memory went back to the OS ({dropped:.0f} MB)"
+
+
+@pytest.mark.skipif(not GLIBC, reason="mallinfo2 is glibc's")
+def test_heap_in_use_follows_live_tensors_while_memory_is_kept() -> None:
+    import torch
+
+    keep_freed_memory()
+    base = heap_in_use()
+    x = torch.ones(64 << 20, dtype=torch.uint8)
+    grown = heap_in_use() - base
+    del x
+    assert grown >= 63 << 20 and heap_in_use() - base < 8 << 20

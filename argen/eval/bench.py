@@ -22,6 +22,7 @@ import torch
 
 from argen.eval.peak import device_name, dtype_name, measure_peak
 from argen.io import atomic_write_text
+from argen.runtime import heap_in_use
 
 
 @dataclass
@@ -49,20 +50,27 @@ class BenchConfig:
 
 
 class _RssPeak:
-    """Context manager polling the process RSS in a thread; `.peak_delta` = max RSS - RSS at entry."""
+    """Context manager polling memory in a thread; `.peak_delta` = the larger of the resident set's and (on
+    glibc) malloc's bytes in use's growth over their values at entry. Freed memory that `argen.runtime`
+    keeps mapped is reused without growing the resident set; malloc's count still sees it."""
 
     def __init__(self, interval_s: float = 0.005):
         self.interval_s = interval_s
         self.peak_delta = 0
         self._stop = threading.Event()
 
+    def _delta(self) -> int:
+        heap = heap_in_use()
+        heap_delta = heap - self._heap if heap is not None and self._heap is not None else 0
+        return max(_rss() - self._base, heap_delta)
+
     def _poll(self) -> None:
         while not self._stop.is_set():
-            self.peak_delta = max(self.peak_delta, _rss() - self._base)
+            self.peak_delta = max(self.peak_delta, self._delta())
             time.sleep(self.interval_s)
 
     def __enter__(self) -> _RssPeak:
-        self._base = _rss()
+        self._base, self._heap = _rss(), heap_in_use()
         self._thread = threading.Thread(target=self._poll, daemon=True)
         self._thread.start()
         return self
@@ -70,7 +78,7 @@ class _RssPeak:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak_delta = max(self.peak_delta, _rss() - self._base)
+        self.peak_delta = max(self.peak_delta, self._delta())
 
 
 def _rss() -> int:
