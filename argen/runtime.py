@@ -22,9 +22,12 @@ ENV_OPT_OUT = "ARGEN_SYSTEM_MALLOC"
 def keep_freed_memory() -> bool:
     """Make glibc keep freed memory for reuse (no mmap for large blocks, no trimming of the heap).
 
-    Faster CPU runs that allocate large tensors repeatedly, at the cost of a resident size that stays at its
-    peak. A no-op (returns False) off Linux/glibc or when the environment sets ARGEN_SYSTEM_MALLOC=1.
-    Applies to allocations made after the call.
+    Faster CPU runs that allocate the same large tensors step after step (sampling), at the cost of a
+    resident size that stays at its peak. Not for jobs whose arrays keep growing: without mmap every larger
+    array is carved from the top of the heap and the holes left behind may never fit again (a tokenize run
+    reached 18 GB this way), so the CLI applies it to its sampling commands only. A no-op (returns False)
+    off Linux/glibc or when the environment sets ARGEN_SYSTEM_MALLOC=1. Applies to allocations made after
+    the call.
 
     Returns:
         True when both settings were applied.

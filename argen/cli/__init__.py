@@ -48,6 +48,11 @@ class _CommandParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
 
+# Commands whose work is a loop of equal-sized steps, where keeping freed memory (argen.runtime) pays. Not
+# the others: with mmap off, a job whose arrays keep growing (tokenize's) fragments the heap without bound.
+SAMPLING_COMMANDS = ("sample", "generate", "extend", "bench", "eval")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="argen",
@@ -80,7 +85,8 @@ def _one_line_warning(message: Any, category: type, filename: str, lineno: int, 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     warnings.formatwarning = _one_line_warning
-    keep_freed_memory()  # large per-step tensors reuse memory instead of page-faulting fresh pages
+    if args.command in SAMPLING_COMMANDS:  # per-step tensors reuse memory instead of page-faulting
+        keep_freed_memory()
     if args.threads:
         import torch
 
