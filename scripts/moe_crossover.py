@@ -2,9 +2,10 @@
 
 For FFN shapes of width C (hidden 4C) split into E experts of M units, N tokens with k experts each, times the
 dense FFN, the masked form and the grouped kernels ("segment", "padded") side by side (interleaved, medians),
-inference mode, the given dtype and thread count. `cost` = (grouped time / dense time) / (k / E): grouped pays
-where (k / E) * cost < 1 (the masked form costs about the dense FFN). `argen.nn.moe.GROUPED_COST_CPU` holds
-the CPU costs this script measured.
+inference mode, the given dtype and thread count, process CPU time, freed memory kept for reuse as the CLI's
+sampling commands do (`--system-malloc` to measure without). `cost` = (grouped time / dense time) / (k / E):
+grouped pays where (k / E) * cost < 1 (the masked form costs about the dense FFN).
+`argen.nn.moe.GROUPED_COST_CPU` holds the CPU costs this script measured.
 
     OMP_NUM_THREADS=1 python scripts/moe_crossover.py --out results/cpu/moe_crossover.json
 """
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from argen.nn.moe import MoEFFN
+from argen.runtime import keep_freed_memory
 
 # (width C, experts E, tokens N): fmnist width 128 at its last scales (batch 16 with CFG: ~6.5k kept
 # tokens), and VAR-d16..d30-like widths at the tokens of a batch of a few images.
@@ -36,11 +38,12 @@ SHAPES = [
 
 
 def timed(fn, repeats: int) -> list[float]:
+    """CPU seconds of this process per call (one thread: other processes' load stays out)."""
     out = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         fn()
-        out.append(time.perf_counter() - t0)
+        out.append(time.process_time() - t0)
     return out
 
 
@@ -50,7 +53,9 @@ def main() -> None:
     p.add_argument("--fractions", default="0.75,0.5,0.25", help="k / E values")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--out", default=None)
+    p.add_argument("--system-malloc", action="store_true", help="skip argen.runtime.keep_freed_memory")
     args = p.parse_args()
+    kept = False if args.system_malloc else keep_freed_memory()
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     rows = []
     for width, experts, tokens in SHAPES:
@@ -93,7 +98,14 @@ def main() -> None:
             }
             rows.append(row)
             print(json.dumps(row), flush=True)
-    result = {"dtype": args.dtype, "threads": torch.get_num_threads(), "repeats": args.repeats, "rows": rows}
+    result = {
+        "dtype": args.dtype,
+        "threads": torch.get_num_threads(),
+        "repeats": args.repeats,
+        "keep_freed_memory": kept,
+        "time": "process CPU time, medians of interleaved calls",
+        "rows": rows,
+    }
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)

@@ -109,8 +109,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         name: dict(var=name, num_experts=16, experts_k=_last3(10, 16, 12), keep_ratio=_last3(10, 1.0, 0.8))
         for name in ("d16", "d20", "d24", "d30", "fmnist")
     },
-    # Token sparsity only (70% of tokens on the last three scales, all experts): 20% fewer FLOPs, and on CPU
-    # the one that turns into wall-clock (top-k of 16 experts only pays there at k <= 8; see the report).
+    # Token sparsity only (70% of tokens on the last three scales, all experts): 20% fewer FLOPs. The CPU
+    # budget at width 128: 32-unit experts never beat the dense FFN on a CPU (argen.nn.moe's crossover runs
+    # them masked), so only tokens save time there (docs/actvar_speed.md).
     "fmnist_tokens": dict(var="fmnist", num_experts=16, keep_ratio=_last3(10, 1.0, 0.7)),
 }
 
