@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from argen.config import load_config
-from argen.eval.peak import bf16_is_fast, measure_peak
+from argen.device import bf16_is_fast, measure_peak
 from argen.sampling.pipeline import GenerateConfig, Pipeline
 
 DTYPES = ("fp32", "bf16")

@@ -14,7 +14,7 @@ import copy
 import pytest
 import torch
 
-from argen.eval.peak import bf16_is_fast, dtype_name, measure_peak, resolve_dtype
+from argen.device import bf16_is_fast, dtype_name, measure_peak, resolve_dtype
 from argen.models.checkpoints import load_model
 from argen.sampling.ar import GenerationProcess
 from argen.sampling.families import GPTFamily

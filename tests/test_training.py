@@ -289,7 +289,7 @@ def test_bf16_autocast_runs(tmp_path):
 
 
 def test_precision_auto_records_what_ran_and_adamw_is_fused(tmp_path):
-    from argen.eval.peak import bf16_is_fast
+    from argen.device import bf16_is_fast
 
     out = run(toy_cfg(tmp_path / "auto", steps=2, precision="auto", ckpt_every=0)).parent
     expected = "bf16" if bf16_is_fast("cpu") else "fp32"

@@ -10,8 +10,8 @@ from argen.cli.common import device, positive_int, print_json
 def cmd_peak(args: argparse.Namespace) -> None:
     from pathlib import Path
 
+    from argen.device import bf16_is_fast, measure_peak
     from argen.distributed import resolve_device
-    from argen.eval.peak import bf16_is_fast, measure_peak
 
     dev = resolve_device(args.device)
     res = measure_peak(dev, args.dtypes.split(","), repeats=args.repeats)

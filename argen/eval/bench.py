@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from argen.eval.peak import device_name, dtype_name, measure_peak
+from argen.device import device_name, dtype_name, measure_peak
 from argen.io import atomic_write_text
 from argen.runtime import heap_in_use
 
@@ -180,7 +180,7 @@ def run_bench(
     """`bench_sampler` from a BenchConfig; writes the JSON to `cfg.out` when set.
 
     With the sampler's `dtype`, this machine's matmul peak in that dtype is measured first (see
-    `argen.eval.peak`) and the report gains "dtype", "peak_flops_per_s" and "mfu".
+    `argen.device`) and the report gains "dtype", "peak_flops_per_s" and "mfu".
     """
     device = cfg.resolved_device()
     meta = dict(meta or {})

@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from argen.device import resolve_dtype
 from argen.distributed import resolve_device
-from argen.eval.peak import resolve_dtype
 from argen.models.checkpoints import (
     CheckpointError,
     file_digest,
@@ -42,7 +42,7 @@ class GenerateConfig:
     sampler: VAR family: "fast" (static KV cache) or "reference" (no cache; the benchmark baseline).
     adaptive: EAR only: confidence threshold of the adaptive schedule (passes chosen while sampling, for
         models trained with randomised partitions); None = the fixed schedule.
-    dtype: "auto" (bf16 where the device's bf16 matmuls beat fp32, detected by `argen.eval.peak`), "bf16"
+    dtype: "auto" (bf16 where the device's bf16 matmuls beat fp32, detected by `argen.device`), "bf16"
         or "fp32": the model and tokenizer are cast to it; logits, softmax and sampling stay fp32.
     """
 

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from argen.config import TrainConfig, replace, to_dict
+from argen.device import bf16_is_fast
 from argen.distributed import (
     DistInfo,
     all_reduce_sum,
@@ -28,7 +29,6 @@ from argen.distributed import (
     seed_everything,
     wrap_model,
 )
-from argen.eval.peak import bf16_is_fast
 from argen.io import atomic_write_text
 from argen.models.checkpoints import (
     CheckpointError,
@@ -316,7 +316,7 @@ def train(cfg: TrainConfig, resume: bool | str | None = None) -> Path:
 
 def resolve_precision(cfg: TrainConfig, device: torch.device) -> TrainConfig:
     """precision "auto" -> "bf16" (autocast; fp32 master weights and optimizer state) where the device's bf16
-    matmuls beat fp32 (`argen.eval.peak.bf16_is_fast`), else "fp32"; the run records what it used."""
+    matmuls beat fp32 (`argen.device.bf16_is_fast`), else "fp32"; the run records what it used."""
     if cfg.precision != "auto":
         return cfg
     return replace(cfg, precision="bf16" if bf16_is_fast(device) else "fp32")

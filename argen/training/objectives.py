@@ -345,7 +345,7 @@ def var_loss(model, batch, opts: dict) -> tuple:
 
 # ------------------------------------------------------------------------------------------------ classifier
 def classifier_model(model: dict):
-    from argen.eval.classifier import build_classifier
+    from argen.models.classifier import build_classifier
 
     return build_classifier(model)
 
