@@ -155,5 +155,6 @@ def test_auto_crossover_follows_expert_width() -> None:
     narrow = MoEConfig(128, 512, 16)  # 32 units per expert: grouped does not pay on CPU
     wide = MoEConfig(1024, 4096, 16)  # 256 units per expert
     assert not grouped_pays(narrow, 12, cpu)
+    assert grouped_pays(narrow, 4, cpu)  # a quarter of the experts: grouped pays even at 32 units
     assert grouped_pays(wide, 12, cpu)
     assert grouped_pays(narrow, 12, torch.device("cuda"))
