@@ -205,6 +205,7 @@ class GPT(nn.Module):
         self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.norm = RMSNorm(config.dim, config.norm_eps)
         self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
+        self.init_weights()  # as VAR and ActVAR: a new model is initialised (loaders overwrite it)
 
     @torch.no_grad()
     def init_weights(self) -> None:

@@ -97,9 +97,7 @@ def gpt_model(model: dict):
     from argen.models.gpt import GPT, gpt_config
 
     overrides = dict(model)
-    net = GPT(gpt_config(overrides.pop("preset", "debug"), **overrides))
-    net.init_weights()
-    return net
+    return GPT(gpt_config(overrides.pop("preset", "debug"), **overrides))
 
 
 def gpt_dataset(cfg):
