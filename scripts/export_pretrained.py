@@ -23,6 +23,8 @@ RESULTS = REPO / "results" / "fmnist"
 PROVENANCE = {
     "vq_fmnist": ("configs/vq_fmnist.json", None, ""),
     "msvq_fmnist": ("configs/msvq_fmnist.json", None, ""),
+    "vq2_fmnist": ("configs/vq2_fmnist.json", None, ""),
+    "msvq2_fmnist": ("configs/msvq2_fmnist.json", None, ""),
     "raster_fmnist": ("configs/raster_fmnist_cpu.json", "raster", "256 passes"),
     "ear_fmnist": ("configs/ear_fmnist_cpu.json", "ear31", "31 passes"),
     "ear_any_fmnist": ("configs/ear_any_fmnist_cpu.json", "ear_any8", "8 passes"),
