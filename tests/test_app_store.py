@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from argen.apps import store as st
-from argen.models.checkpoints import load_model
+from argen.models.checkpoints import load_model, read_meta
 from argen.models.pretrained import save_pretrained
 
 
@@ -25,7 +25,8 @@ def test_store_offers_the_shipped_generators_with_their_tokenizers(store: st.Mod
     assert {"ear_fmnist", "ear_any_fmnist", "raster_fmnist", "var_fmnist", "actvar_fmnist"} <= set(
         store.generators
     )
-    assert store.tokenizers == ["msvq_fmnist", "vq_fmnist"]
+    # both tokenizer pairs are offered; each generator gets the one its recorded fingerprint names
+    assert store.tokenizers == ["msvq2_fmnist", "msvq_fmnist", "vq2_fmnist", "vq_fmnist"]
     assert store.tokenizer_for("ear_any_fmnist") == "vq_fmnist"
     assert store.tokenizer_for("actvar_fast_fmnist") == "msvq_fmnist"
     assert store.default == "ear_any_fmnist"
@@ -118,9 +119,14 @@ def test_extend_uses_the_loaded_ear(store: st.ModelStore) -> None:
 
 
 def test_local_folder_models_are_offered(tmp_path) -> None:
-    folder = save_pretrained(load_model("ear_any_fmnist"), tmp_path / "my_ear")
+    # with its training record (which tokenizer it was trained with) it is paired among the shipped VQs
+    record = read_meta("ear_any_fmnist")["trained_with"]
+    folder = save_pretrained(load_model("ear_any_fmnist"), tmp_path / "my_ear", trained_with=record)
     local = st.ModelStore(st.AppConfig(models=[str(folder)], preload=False))
     assert str(folder) in local.generators and local.tokenizer_for(str(folder)) == "vq_fmnist"
+    bare = save_pretrained(load_model("ear_any_fmnist"), tmp_path / "bare_ear")  # no record: ambiguous
+    with pytest.raises(ValueError, match=r"2 vq tokenizers fit .* start the app with --tokenizer FILE"):
+        st.ModelStore(st.AppConfig(models=[str(bare)], preload=False)).tokenizer_for(str(bare))
     assert st.sample(local, str(folder), "5", passes=4).stats["images"] == 1
     with pytest.raises(ValueError, match="is a vq model, not a generator"):
         st.ModelStore(st.AppConfig(models=["vq_fmnist"], preload=False))
