@@ -287,11 +287,11 @@ def masked_expert_ffn(
 
 
 # Grouped (segment) expert FFN time over the dense FFN's time at the same token count, per unit of the
-# FLOPs fraction k/E it computes, by hidden units per expert M; and the masked form's time over dense (its
-# routing and mask). Measured by scripts/moe_crossover.py (results/cpu/moe_crossover.json: fp32, one
-# thread, process CPU time, freed memory kept, 2-core AVX2 EPYC, widths 128-1024, k/E 0.5 and 0.75; the
-# largest cost measured per M, so grouped runs only where it paid in every measurement at that width; in
-# the models, with fewer kept tokens, a median cost picked grouped for 8 of 16 32-unit experts and lost 6%).
+# FLOPs fraction k/E it computes, by hidden units per expert M, and the masked form's time over dense (its
+# routing and mask). Measured by scripts/moe_crossover.py, results/cpu/moe_crossover.json: fp32, one
+# thread, process CPU time, freed memory kept, 2-core AVX2 EPYC, widths 128-1024, k/E 0.5 and 0.75. The
+# table keeps the largest cost measured per M, so grouped runs only where it paid in every measurement at
+# that width (with median costs, 8 of 16 32-unit experts ran grouped in actvar_fast_fmnist and lost 6%).
 # Grouped runs where (k / E) * cost(M) < the masked cost.
 GROUPED_COST_CPU = {32: 2.24, 64: 1.69, 128: 1.58, 256: 1.17, 512: 1.21}
 MASKED_COST_CPU = 1.1
@@ -424,14 +424,11 @@ class MoEFFN(nn.Module):
         num, lead = self.config.num_experts, x_NC.shape[:-1]
         k_N = num if k is None else k
         k_N = min(max(k_N, 1), num) if isinstance(k_N, int) else k_N.reshape(-1).clamp(1, num)
-        logits = None
         if router_trace is not None:
-            logits = self.router_logits(x_NC)
             k_full = (
                 k_N.view(lead) if isinstance(k_N, torch.Tensor) else torch.full(lead, k_N, device=x_NC.device)
             )
-            router_trace.append((logits, k_full))
-            logits = logits.reshape(-1, num)
+            router_trace.append((self.router_logits(x_NC), k_full))
         all_on = k_N == num if isinstance(k_N, int) else bool((k_N >= num).all())
         if all_on and not force_grouped:
             return self.fc2(gelu_tanh(self.fc1(x_NC)))
