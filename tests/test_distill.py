@@ -9,9 +9,7 @@ The torchrun part runs this file under torchrun once (module fixture):
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from torch.utils.data import default_collate
+from two_ranks import torchrun
 
 from argen.config import DataConfig, OptimConfig
 from argen.models.actvar import ActVAR, actvar_config
@@ -304,10 +303,8 @@ def worker(root: Path) -> None:
 def two_ranks(files, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("distill_two_ranks")
     (root / "files.json").write_text(json.dumps({k: str(v) for k, v in files.items()}))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", __file__]
-    proc = subprocess.run([*cmd, str(root)], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0 and (root / "done").is_file(), proc.stdout[-3000:] + proc.stderr[-5000:]
+    torchrun(__file__, str(root))
+    assert (root / "done").is_file()
     return root
 
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 from torch.utils.data import TensorDataset
 from toy_model import ToyConfig, ToyNet
+from two_ranks import torchrun
 
 from argen.config import OptimConfig, TrainConfig
 from argen.models.checkpoints import load_model
@@ -139,19 +138,7 @@ def worker(out: Path) -> None:
 @pytest.fixture(scope="module")
 def dist_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dist")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        __file__,
-        str(out),
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    torchrun(__file__, str(out), timeout=240)
     return out
 
 

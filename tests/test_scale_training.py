@@ -10,8 +10,6 @@ tests/test_scale_training.py DIR` (DIR prepared by the `two_ranks` fixture).
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from test_token_store import STORE_FILES, fake_encode, make_images, store_bytes
+from two_ranks import torchrun
 
 from argen.config import DataConfig, OptimConfig, TrainConfig
 from argen.data import ImageFolder
@@ -186,10 +185,8 @@ def two_ranks(images, tmp_path_factory) -> Path:
     args += ["--views", "ten_crop", "--batch-size", "8", "--shard-size", "16", "--device", "cpu"]
     (root / "tokenize_args.json").write_text(json.dumps(args))
     main(["tokenize", *args, "--out", str(root / "one")])
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    proc = subprocess.run([*cmd, __file__, str(root)], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0 and (root / "done").is_file(), proc.stdout[-3000:] + proc.stderr[-5000:]
+    torchrun(__file__, str(root))
+    assert (root / "done").is_file()
     return root
 
 

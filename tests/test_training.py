@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -17,53 +16,17 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import TensorDataset
+from toy_model import ToyConfig, ToyNet
 
 from argen.config import OptimConfig, TrainConfig
-from argen.models.checkpoints import CheckpointError, load_model, register
+from argen.models.checkpoints import CheckpointError, load_model
 from argen.training import checkpoint as ckpt
 from argen.training.ema import EMA
 from argen.training.loop import NonFiniteLossError, train
 from argen.training.optim import build_optimizer, build_scheduler, lr_factor, no_decay_names
 from argen.training.tasks import Task, register_task
 
-
 # ------------------------------------------------------------------------------------------- toy task
-@dataclasses.dataclass
-class ToyConfig:
-    dim: int = 8
-    hidden: int = 16
-    classes: int = 4
-    depth: int = 2
-    dropout: float = 0.1
-
-
-@register("test_training_toy", ToyConfig)
-class ToyNet(nn.Module):
-    """x_BD + class embedding -> residual MLP blocks -> scalar. Dropout makes resume depend on the RNG."""
-
-    def __init__(self, config: ToyConfig):
-        super().__init__()
-        self.config = config
-        self.class_emb = nn.Embedding(config.classes, config.dim)
-        self.blocks = nn.ModuleList(
-            nn.Sequential(
-                nn.LayerNorm(config.dim),
-                nn.Linear(config.dim, config.hidden),
-                nn.GELU(),
-                nn.Dropout(config.dropout),
-                nn.Linear(config.hidden, config.dim),
-            )
-            for _ in range(config.depth)
-        )
-        self.head = nn.Linear(config.dim, 1)
-
-    def forward(self, x_BD: torch.Tensor, y_B: torch.Tensor) -> torch.Tensor:
-        h_BD = x_BD + self.class_emb(y_B)
-        for block in self.blocks:
-            h_BD = h_BD + block(h_BD)
-        return self.head(h_BD).squeeze(-1)
-
-
 CALLS = {"n": 0}  # loss calls in this process: lets a test inject a crash or a NaN at a chosen micro-step
 
 
