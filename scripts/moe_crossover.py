@@ -5,7 +5,7 @@ dense FFN, the masked form and the grouped kernels ("segment", "padded") side by
 inference mode, the given dtype and thread count, process CPU time, freed memory kept for reuse as the CLI's
 sampling commands do (`--system-malloc` to measure without). `cost` = (grouped time / dense time) / (k / E):
 grouped pays where (k / E) * cost < 1 (the masked form costs about the dense FFN).
-`argen.nn.moe.GROUPED_COST_CPU` holds the CPU costs this script measured.
+`argen.nn.expert_kernels.GROUPED_COST_CPU` holds the CPU costs this script measured.
 
     OMP_NUM_THREADS=1 python scripts/moe_crossover.py --out results/cpu/moe_crossover.json
 """

@@ -110,8 +110,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         for name in ("d16", "d20", "d24", "d30", "fmnist")
     },
     # Token sparsity only (70% of tokens on the last three scales, all experts): 20% fewer FLOPs. The CPU
-    # budget at width 128: 32-unit experts never beat the dense FFN on a CPU (argen.nn.moe's crossover runs
-    # them masked), so only tokens save time there (docs/actvar_speed.md).
+    # budget at width 128: 32-unit experts never beat the dense FFN on a CPU (the crossover in
+    # argen.nn.expert_kernels runs them masked), so only tokens save time there (docs/actvar_speed.md).
     "fmnist_tokens": dict(var="fmnist", num_experts=16, keep_ratio=_last3(10, 1.0, 0.7)),
 }
 
