@@ -18,7 +18,7 @@ from torch import nn
 
 from argen.config import from_dict
 from argen.model_io import drop_keys, load_strict, read_official, register
-from argen.nn.attention import attention
+from argen.nn.attention import attention, chunk_mask
 from argen.nn.kv_cache import kv_caches
 from argen.nn.layers import LabelEmbedder, RMSNorm, SwiGLU, block_mods, modulate, swiglu_hidden
 from argen.nn.masks import group_mask
@@ -269,7 +269,7 @@ class GPT(nn.Module):
             (B, L, V) float32 logits; position j predicts sequence token j.
         """
         ids, rows, cols, groups, streams = self.teacher_forcing_layout(tokens_BL, order)
-        mask = group_mask(groups, None, streams)
+        mask = chunk_mask(group_mask(groups, None, streams))
         return self._run(ids, labels_B, rows, cols, mask, n_out=order.length)
 
     def teacher_forcing_layout(

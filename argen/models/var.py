@@ -18,6 +18,7 @@ from torch import nn
 from argen.model_io import drop_keys, load_strict, read_official, register
 from argen.models.checkpoints import load_model
 from argen.models.var_blocks import AdaLNBeforeHead, AdaLNBlock
+from argen.nn.attention import chunk_mask
 from argen.nn.kv_cache import kv_caches
 from argen.nn.layers import Mods
 from argen.nn.masks import group_mask, groups_from_sizes
@@ -236,7 +237,7 @@ class VAR(nn.Module):
         sos_BlC = cond_BD[:, None].expand(-1, cfg.scale_sizes[0], -1) + self.pos_start
         x_BLC = torch.cat((sos_BlC, self.word_embed(var_input_BLCv.to(self.word_embed.weight.dtype))), dim=1)
         x_BLC = x_BLC + self.lvl_pos()[:, :length]
-        mask_LL = self.block_causal_mask(length, x_BLC.device)
+        mask_LL = chunk_mask(self.block_causal_mask(length)).to(x_BLC.device)
         for block, mods in zip(self.blocks, self.block_mods(cond_BD), strict=True):
             x_BLC = block(x_BLC, mods, mask_LL)
         return self.logits(x_BLC, cond_BD)
