@@ -235,7 +235,8 @@ class TrainConfig:
     # "auto": continue from the newest checkpoint in out_dir/checkpoints if there is one; "never": start fresh
     # (refused if checkpoints exist, so nothing is overwritten); "always": a checkpoint must exist.
     resume: str = "auto"
-    # An argen model file whose weights start the run (fine-tuning); its config must match `model`.
+    # An argen model file whose weights start the run (fine-tuning), or a training checkpoint directory
+    # (out_dir/checkpoints/step_XXXXXXXX: its EMA weights when it kept EMA); the model must match `model`.
     # Ignored when resuming from a checkpoint, which already holds the fine-tuned weights.
     init: str = ""
 

@@ -208,6 +208,15 @@ def test_init_from_model_file_fine_tunes(tmp_path):
         run(toy_cfg(tmp_path / "e", init=str(tmp_path / "missing.safetensors")))
 
 
+def test_init_from_training_checkpoint_takes_its_ema_weights(tmp_path):
+    # a run forked part-way (any-schedule EAR from an EAR run's step-N checkpoint) starts from its EMA weights
+    final = run(toy_cfg(tmp_path / "a", steps=8, ckpt_every=8))  # the export holds the EMA weights at step 8
+    step8 = tmp_path / "a" / "checkpoints" / "step_00000008"
+    start = load_file(str(run(toy_cfg(tmp_path / "b", steps=0, ema_decay=0.0, seed=9, init=str(step8)))))
+    ref = load_file(str(final))
+    assert all(torch.equal(ref[k], start[k]) for k in ref)
+
+
 def test_checkpoint_roundtrip_restores_optimizer_and_scheduler(tmp_path):
     model = nn.Linear(3, 3, bias=False)  # a single (decay) parameter group
     cfg = OptimConfig(warmup_steps=2)

@@ -146,18 +146,28 @@ def _enter_stage(run: _Run, index: int) -> None:
     run.stage = index
 
 
+def _init_weights(init: str) -> dict[str, torch.Tensor]:
+    """Weights a run starts from: an argen model file or folder, or a training checkpoint `step_XXXXXXXX/`
+    (its EMA weights when the run kept EMA; e.g. any-schedule EAR forked from an EAR run part-way)."""
+    if (Path(init) / "state.json").is_file():
+        state = ckpt.load_checkpoint(init)
+        return {**state.model, **(state.ema or {})}
+    weights, _ = model_files(init)
+    if not weights.is_file():
+        raise CheckpointError(
+            f"init={init!r}: no such model file (give an argen .safetensors file or model folder, or a "
+            "training checkpoint step_XXXXXXXX/)"
+        )
+    return read_safetensors(weights)
+
+
 def _build(cfg: TrainConfig, info: DistInfo) -> _Run:
     task = get_task(cfg.task)
     stages = _stages(task, cfg)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     module = task.build_model(cfg.model)
     if cfg.init:
-        weights, _ = model_files(cfg.init)
-        if not weights.is_file():
-            raise CheckpointError(
-                f"init={cfg.init!r}: no such model file (give an argen .safetensors file or model folder)"
-            )
-        load_strict(module, read_safetensors(weights), source=str(weights))
+        load_strict(module, _init_weights(cfg.init), source=str(cfg.init))
     module = module.to(info.device)
     model = wrap_model(
         module, cfg.strategy, info.device, cfg.precision == "bf16", cfg.activation_checkpointing
