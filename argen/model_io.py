@@ -55,19 +55,30 @@ def tokenizer_fingerprint(tokenizer: nn.Module) -> str:
 
 
 def save_model(
-    model: nn.Module, path: str | Path, dtype: torch.dtype | None = None, trained_with: dict | None = None
+    model: nn.Module,
+    path: str | Path,
+    dtype: torch.dtype | None = None,
+    trained_with: dict | None = None,
+    sampling: dict | None = None,
 ) -> Path:
     """Write `path` (.safetensors) and its `.json` config. The model needs `.config` and a registered kind.
 
     trained_with: facts about the training run kept in the JSON (tokenizer fingerprint, objective options).
+    sampling: the generator's own sampling defaults (SamplingConfig fields, e.g. {"cfg_scale": 2.5}), used
+        where a caller does not set them; the family's defaults fill the rest.
     """
     path = Path(path).with_suffix(".safetensors")
-    write_model_files(model, path, path.with_suffix(".json"), dtype, trained_with)
+    write_model_files(model, path, path.with_suffix(".json"), dtype, trained_with, sampling)
     return path
 
 
 def write_model_files(
-    model: nn.Module, weights: Path, config: Path, dtype: torch.dtype | None, trained_with: dict | None
+    model: nn.Module,
+    weights: Path,
+    config: Path,
+    dtype: torch.dtype | None,
+    trained_with: dict | None,
+    sampling: dict | None = None,
 ) -> dict[str, Any]:
     """Write the weights and the JSON config of `model` to the given paths (atomically); returns the
     config written. `save_model` (NAME.safetensors + NAME.json) and `save_pretrained` (a folder) use it."""
@@ -80,6 +91,8 @@ def write_model_files(
     meta = {"kind": model.kind, "config": to_dict(model.config), "argen_version": argen.__version__}
     if trained_with:
         meta["trained_with"] = trained_with
+    if sampling:
+        meta["sampling"] = sampling
     tmp = weights.with_suffix(".safetensors.tmp")
     try:
         save_file(state, str(tmp), metadata={"argen": json.dumps(meta)})

@@ -70,12 +70,14 @@ def main() -> None:
             "argen repository."
         )
         stored = next(iter(read_safetensors(model_files(ASSETS / name)[0]).values())).dtype
+        meta = read_meta(ASSETS / name)
         folder = save_pretrained(
             load_model(ASSETS / name, dtype=stored),
             Path(args.out) / name,
-            trained_with=read_meta(ASSETS / name).get("trained_with"),
+            trained_with=meta.get("trained_with"),
             description=description,
             numbers=numbers(result, setting),
+            sampling=meta.get("sampling"),
         )
         print(folder)
 

@@ -181,3 +181,24 @@ def test_hub_repo_id_is_fetched_with_snapshot_download(ear_folder, monkeypatch) 
     monkeypatch.setitem(sys.modules, "huggingface_hub", types.SimpleNamespace(snapshot_download=offline))
     with pytest.raises(CheckpointError, match=r"could not fetch someone/ear-fmnist .*no network"):
         from_pretrained("someone/ear-fmnist")
+
+
+def test_model_sampling_defaults_apply_under_explicit_settings(tmp_path: Path) -> None:
+    from argen.sampling.pipeline import GenerateConfig, Pipeline
+
+    model = load_model("ear_fmnist")
+    own = {"cfg_scale": 3.5, "temperature": 0.9}
+    folder = save_pretrained(
+        model, tmp_path / "ear", trained_with=read_meta("ear_fmnist")["trained_with"], sampling=own
+    )
+    assert read_meta(folder)["sampling"] == own
+    assert "## Sampling defaults" in (folder / "README.md").read_text()
+    pipe = Pipeline.load(GenerateConfig(model=str(folder), device="cpu"))
+    assert (pipe.sampling.cfg_scale, pipe.sampling.temperature) == (3.5, 0.9)
+    pipe = Pipeline.load(GenerateConfig(model=str(folder), device="cpu", sampling={"cfg_scale": 1.0}))
+    assert (pipe.sampling.cfg_scale, pipe.sampling.temperature) == (1.0, 0.9)  # the caller's setting wins
+    plain = Pipeline.load(GenerateConfig(model="ear_fmnist", device="cpu"))
+    assert plain.sampling.cfg_scale == 2.0  # no recorded defaults: the family's
+    save_model(model, tmp_path / "bad", sampling={"cfg": 2.0})
+    with pytest.raises(ValueError, match=r"unknown sampling default\(s\) \['cfg'\]"):
+        Pipeline.load(GenerateConfig(model=str(tmp_path / "bad.safetensors"), device="cpu"))

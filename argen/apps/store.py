@@ -22,7 +22,7 @@ from argen.distributed import resolve_device
 from argen.models.checkpoints import ASSETS, load_model, read_meta, tokenizer_fingerprint
 from argen.sampling.families import family_of
 from argen.sampling.images import save_gif, save_grid, save_strip
-from argen.sampling.pipeline import GenerateConfig, Pipeline
+from argen.sampling.pipeline import GenerateConfig, Pipeline, model_sampling_defaults
 
 GENERATORS, TOKENIZERS = ("gpt", "var", "actvar"), ("vq", "msvq")
 DEFAULT_MODEL = "ear_any_fmnist"
@@ -125,10 +125,11 @@ class ModelStore:
 
     def defaults(self, name: str) -> tuple[int, float]:
         """(passes, CFG scale) the page starts with: 8 passes for any-schedule EAR models, else 0 (the
-        model's own); the CFG scale its family samples with by default."""
+        model's own); the CFG scale the model (or its family) samples with by default."""
         objective = (self.meta[name].get("trained_with") or {}).get("objective", {})
         passes = 8 if self.is_ear(name) and objective.get("randomize") else 0
-        return passes, family_of(self.model(name), name).default_sampling.cfg_scale
+        family = family_of(self.model(name), name).default_sampling
+        return passes, model_sampling_defaults(family, self.meta[name].get("sampling"), name).cfg_scale
 
     def warm_up(self) -> None:
         """One small request, so the first real one does not pay torch's first-call costs."""

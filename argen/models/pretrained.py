@@ -49,6 +49,7 @@ def save_pretrained(
     trained_with: dict[str, Any] | None = None,
     description: str = "",
     numbers: dict[str, Any] | None = None,
+    sampling: dict[str, Any] | None = None,
 ) -> Path:
     """Write `folder/` with `model.safetensors`, `config.json` and a model card `README.md`.
 
@@ -60,6 +61,7 @@ def save_pretrained(
             `read_meta(file)["trained_with"]` gives it.
         description: how the model was trained, for the card (a paragraph of Markdown).
         numbers: measured results for the card, name -> value (e.g. {"FID (N=1000)": 80.3}).
+        sampling: the generator's own sampling defaults (see `argen.model_io.save_model`).
 
     Returns:
         The folder.
@@ -69,7 +71,9 @@ def save_pretrained(
         raise ValueError(
             f"{folder} is a file; save_pretrained writes a folder (give a new or existing folder)"
         )
-    meta = write_model_files(model, folder / FOLDER_WEIGHTS, folder / FOLDER_CONFIG, dtype, trained_with)
+    meta = write_model_files(
+        model, folder / FOLDER_WEIGHTS, folder / FOLDER_CONFIG, dtype, trained_with, sampling
+    )
     params = sum(p.numel() for p in model.parameters())
     atomic_write_text(folder / CARD, model_card(meta, params, folder.name, description, numbers))
     return folder
@@ -149,6 +153,10 @@ def model_card(
     if trained_with:
         lines += ["## Training record", ""]
         lines += [f"- {key}: `{_flat(value)}`" for key, value in sorted(trained_with.items())]
+        lines.append("")
+    if meta.get("sampling"):
+        lines += ["## Sampling defaults", "", "Used where a caller does not set them:", ""]
+        lines += [f"- {key}: `{value}`" for key, value in sorted(meta["sampling"].items())]
         lines.append("")
     if numbers:
         lines += ["## Measured", "", "| | |", "|---|---|"]

@@ -25,7 +25,7 @@ from argen.models.checkpoints import (
     tokenizer_fingerprint,
 )
 from argen.sampling.families import family_of
-from argen.sampling.logits import sample_keys
+from argen.sampling.logits import SamplingConfig, sample_keys
 
 
 @dataclass
@@ -87,6 +87,19 @@ class Samples:
         return sum(self.passes_each) / max(len(self.passes_each), 1)
 
 
+def model_sampling_defaults(
+    family_defaults: SamplingConfig, recorded: dict[str, Any] | None, source: str
+) -> SamplingConfig:
+    """The family's sampling defaults with a model file's own (`"sampling"` in its JSON) over them."""
+    fields = {f.name for f in dataclasses.fields(SamplingConfig)} - {"seed"}
+    unknown = sorted(set(recorded or {}) - fields)
+    if unknown:
+        raise ValueError(
+            f"{source}: unknown sampling default(s) {unknown} in the model's config; known: {sorted(fields)}"
+        )
+    return dataclasses.replace(family_defaults, **(recorded or {}))
+
+
 class Pipeline:
     """A loaded generator and tokenizer. Build with `Pipeline.load(GenerateConfig)`."""
 
@@ -96,12 +109,18 @@ class Pipeline:
         tokenizer: nn.Module | None,
         cfg: GenerateConfig,
         trained_with: dict[str, Any] | None = None,
+        sampling_defaults: dict[str, Any] | None = None,
     ) -> None:
-        """trained_with: the model file's record of its training (tokenizer fingerprint, objective)."""
+        """trained_with: the model file's record of its training (tokenizer fingerprint, objective).
+        sampling_defaults: the model file's own sampling settings (over the family's defaults; `cfg.sampling`
+        overrides both)."""
         self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
         self.trained_with = trained_with or {}
         self.family = family_of(model, cfg.model)
-        self.sampling = dataclasses.replace(self.family.default_sampling, **cfg.sampling)
+        self.sampling = dataclasses.replace(
+            model_sampling_defaults(self.family.default_sampling, sampling_defaults, cfg.model),
+            **cfg.sampling,
+        )
         self.family.check(model, cfg, self.trained_with)
         if tokenizer is not None:
             self._check_tokenizer(tokenizer)
@@ -114,7 +133,8 @@ class Pipeline:
         tokenizer = load_model(cfg.tokenizer, device) if cfg.tokenizer else None
         dtype = resolve_dtype(cfg.dtype, device)
         model, tokenizer = model.to(dtype), tokenizer.to(dtype) if tokenizer is not None else None
-        return cls(model, tokenizer, cfg, read_meta(cfg.model).get("trained_with"))
+        meta = read_meta(cfg.model)
+        return cls(model, tokenizer, cfg, meta.get("trained_with"), meta.get("sampling"))
 
     def run_record(self) -> dict[str, Any]:
         """The settings that determine the samples (what a sample folder records): model and tokenizer
