@@ -26,6 +26,16 @@ ROWS = {  # row -> (table label, plot label, group)
 }
 
 
+def beyond(a: dict, b: dict) -> str:
+    """Whether two rows' mean FIDs differ by more than the larger of their seed spreads."""
+    fa, fb = a["seeds"]["fid"], b["seeds"]["fid"]
+    if len(fa) < 2 or len(fb) < 2:
+        return "one seed only"
+    spread = max(max(fa) - min(fa), max(fb) - min(fb))
+    gap = abs(a["fid"] - b["fid"])
+    return f"{'yes' if gap > spread else 'no'} (FID gap {gap:.2f}, spread {spread:.2f})"
+
+
 def ablation(merged: list[dict]) -> None:
     """ActVAR against its dense teacher: FLOPs saved, relative FID/KID/accuracy change, CPU time saved."""
     teacher = next((r for r in merged if r["group"] == "VAR"), None)
@@ -34,18 +44,42 @@ def ablation(merged: list[dict]) -> None:
         return
     print(
         "\n| ActVAR vs its VAR teacher | experts run (last 3 scales) | tokens kept (last 3 scales) "
-        "| FLOPs saved | FID change | KID change | class acc. change | CPU time saved (b16) |"
+        "| FLOPs saved | FID change | KID change | class acc. change | beyond the seed spread? "
+        "| CPU time saved (b16) |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in students:
         cfg = read_meta(r["generator"]["model"])["config"]
         rel = {k: 100 * (r[k] / teacher[k] - 1) for k in ("fid", "kid_mean", "class_accuracy")}
         print(
             f"| {r['name']} | {cfg['experts_k'][-1]} of {cfg['num_experts']} | {cfg['keep_ratio'][-1]:.0%} "
             f"| {100 * (1 - r['gflops'] / teacher['gflops']):.1f}% | {rel['fid']:+.1f}% "
-            f"| {rel['kid_mean']:+.1f}% | {rel['class_accuracy']:+.1f}% "
+            f"| {rel['kid_mean']:+.1f}% | {rel['class_accuracy']:+.1f}% | {beyond(r, teacher)} "
             f"| {100 * (1 - teacher['img_per_s'] / r['img_per_s']):.1f}% |"
         )
+
+
+def settings(e: dict) -> str:
+    """The sampling settings a row used (recorded by `argen eval` in generator.run)."""
+    run = e.get("generator", {}).get("run")
+    if not run:
+        return "model defaults"
+    s = run["sampling"]
+    out = [f"CFG {s['cfg_scale']:g}" + (" linear" if s["cfg_schedule"] == "linear" else "")]
+    out += [f"T {s['temperature']:g}"] if s["temperature"] != 1 else []
+    out += [f"top-k {s['top_k']}"] if s["top_k"] else []
+    out += [f"top-p {s['top_p']:g}"] if s["top_p"] < 1 else []
+    return ", ".join(out)
+
+
+def seeds(folder: Path, row: str, e: dict) -> dict[str, list[float]]:
+    """FID, KID and class accuracy of every scored sampling seed (seed 0 first)."""
+    reports = [e] + [json.loads(p.read_text()) for p in sorted(folder.glob(f"{row}.seed*.eval.json"))]
+    return {k: [r[k] for r in reports] for k in ("fid", "kid_mean", "class_accuracy")}
+
+
+def _two(values: list[float], fmt: str) -> str:
+    return " / ".join(format(v, fmt) for v in values)
 
 
 def main() -> None:
@@ -57,12 +91,17 @@ def main() -> None:
             continue
         e, b = json.loads(ev.read_text()), json.loads(be.read_text())
         floor = floor or e["floor"]
-        merged.append({**b, **e, "name": label, "short": short, "group": group, "img_per_s": b["img_per_s"]})
+        per_seed = seeds(folder, row, e)
+        means = {k: sum(v) / len(v) for k, v in per_seed.items()}
+        merged.append(
+            {**b, **e, **means, "seeds": per_seed, "settings": settings(e), "row": row}
+            | {"name": label, "short": short, "group": group, "img_per_s": b["img_per_s"]}
+        )
     if not merged:
         raise SystemExit(f"no results in {folder}: run scripts/results_fmnist.sh first")
     n = merged[0]["n"]
     print(
-        f"| model | steps | forward tokens | GFLOPs/img | FID (N={n}) | KID x1e3 | class acc. "
+        f"| model | sampling | steps | GFLOPs/img | FID (N={n}), seeds 0 / 1 | KID x1e3 | class acc. "
         "| img/s CPU (b16) | s/img CPU (b1) | img/s GPU |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -71,11 +110,33 @@ def main() -> None:
         f"| {100 * floor['class_accuracy']:.1f}% | | | |"
     )
     for r in merged:
+        sd = r["seeds"]
         print(
-            f"| {r['name']} | {r['steps']} | {r['tokens']} | {r['gflops']:.3f} | {r['fid']:.2f} "
-            f"| {1e3 * r['kid_mean']:.2f} | {100 * r['class_accuracy']:.1f}% | {r['img_per_s']:.1f} "
+            f"| {r['name']} | {r['settings']} | {r['steps']} | {r['gflops']:.3f} | {_two(sd['fid'], '.2f')} "
+            f"| {_two([1e3 * k for k in sd['kid_mean']], '.2f')} "
+            f"| {_two([100 * a for a in sd['class_accuracy']], '.1f')}% | {r['img_per_s']:.1f} "
             f"| {r['latency_batch1_s']:.3f} | not measured |"
         )
+    spreads = [max(r["seeds"]["fid"]) - min(r["seeds"]["fid"]) for r in merged if len(r["seeds"]["fid"]) > 1]
+    if spreads:
+        print(
+            f"\nFID spread between the two sampling seeds: {min(spreads):.2f} to {max(spreads):.2f} "
+            f"(median {sorted(spreads)[len(spreads) // 2]:.2f}); columns list seed 0 / seed 1, the mean is "
+            "compared below."
+        )
+    by_row = {r["row"]: r for r in merged}
+    pairs = [
+        ("ear31", "raster"),
+        ("ear_any31", "ear31"),
+        ("ear_any16", "ear_any31"),
+        ("ear_any8", "ear_any31"),
+    ]
+    pairs = [(a, b) for a, b in pairs if a in by_row and b in by_row]
+    if pairs:
+        print("\n| comparison | mean FID | differs beyond the seed spread? |\n|---|---|---|")
+        for a, b in pairs:
+            ra, rb = by_row[a], by_row[b]
+            print(f"| {ra['name']} vs {rb['name']} | {ra['fid']:.2f} vs {rb['fid']:.2f} | {beyond(ra, rb)} |")
     ablation(merged)
     png = plot_quality_speed(
         merged,

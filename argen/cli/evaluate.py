@@ -31,7 +31,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
         samples = pipe.sample(labels)
         images, cfg.sample_seed = samples.images, pipe.sampling.seed
         seconds = round(samples.seconds, 2)
-        extra = {"generator": {"model": args.model, **pipe.cost(samples), "sample_seconds": seconds}}
+        record = {"model": args.model, **pipe.cost(samples), "sample_seconds": seconds}
+        extra = {"generator": {**record, "run": pipe.run_record()}}  # run: the sampling settings used
     print_json(evaluate(cfg, images, labels, extra))
 
 
