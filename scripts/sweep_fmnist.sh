@@ -3,6 +3,8 @@
 # sampling seed 100, scored against 1000 held-out test images; see scripts/sweep_sampling.py). The chosen
 # settings land in results/fmnist/sweep/<row>.json, which scripts/results_fmnist.sh reads.
 #   bash scripts/sweep_fmnist.sh [rows...]      (raster ear31 ear_any31 var; default all)
+# Only the CFG scale is swept (three values; the 2-core CPU budget of the retraining session); temperature,
+# top-k and top-p stay at each family's defaults.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -16,7 +18,7 @@ sweep() {  # sweep <row> <model asset> <tokenizer asset> <grid...>
   for g in "$@"; do grid+=(--grid "$g"); done
   $PY scripts/sweep_sampling.py --name "$name" --model "$model" --tokenizer "$tok" --n "${N:-250}" "${grid[@]}"
 }
-sweep raster raster_fmnist vq2_fmnist cfg=1.5,2.5,3.5 temperature=0.9,1.0
-sweep ear31 ear_fmnist vq2_fmnist cfg=1.5,2.5,3.5 temperature=0.9,1.0
-sweep ear_any31 ear_any_fmnist vq2_fmnist cfg=1.5,2.5,3.5 temperature=0.9,1.0
-sweep var var_fmnist msvq2_fmnist cfg=1.5,2.5,3.5 top_p=0.9,0.96
+sweep raster raster_fmnist vq2_fmnist cfg=1.5,2.5,3.5
+sweep ear31 ear_fmnist vq2_fmnist cfg=1.5,2.5,3.5
+sweep ear_any31 ear_any_fmnist vq2_fmnist cfg=1.5,2.5,3.5
+sweep var var_fmnist msvq2_fmnist cfg=1.5,2.5,3.5
