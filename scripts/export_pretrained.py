@@ -26,10 +26,10 @@ PROVENANCE = {
     "vq2_fmnist": ("configs/vq2_fmnist.json", None, ""),
     "msvq2_fmnist": ("configs/msvq2_fmnist.json", None, ""),
     "raster_fmnist": ("configs/raster_fmnist_cpu.json", "raster", "256 passes"),
-    "ear_fmnist": ("configs/ear_fmnist_cpu.json", "ear31", "31 passes"),
-    "ear_any_fmnist": ("configs/ear_any_fmnist_cpu.json", "ear_any8", "8 passes"),
-    "var_fmnist": ("configs/var_fmnist_cpu.json", "var", "10 scales"),
-    "actvar_fmnist": ("configs/actvar_fmnist_cpu.json", "actvar", "10 scales"),
+    "ear_fmnist": ("configs/ear2_fmnist.json", "ear31", "31 passes"),
+    "ear_any_fmnist": ("configs/ear_any2_fmnist.json", "ear_any31", "31 passes"),
+    "var_fmnist": ("configs/var2_fmnist.json", "var", "10 scales"),
+    "actvar_fmnist": ("configs/actvar2_fmnist.json", "actvar", "10 scales"),
     "actvar_fast_fmnist": ("configs/actvar_fast_fmnist_cpu.json", "actvar_fast", "10 scales"),
     "actvar_tokens_fmnist": ("configs/actvar_tokens_fmnist_cpu.json", "actvar_tokens", "10 scales"),
     "actvar_experts_fmnist": ("configs/actvar_experts_fmnist_cpu.json", "actvar_experts", "10 scales"),
@@ -69,7 +69,8 @@ def main() -> None:
             f"Trained by argen on Fashion-MNIST (32x32) on a 2-core CPU; training config `{config}` in the "
             "argen repository."
         )
-        stored = next(iter(read_safetensors(model_files(ASSETS / name)[0]).values())).dtype
+        tensors = read_safetensors(model_files(ASSETS / name)[0]).values()
+        stored = next(t.dtype for t in tensors if t.is_floating_point())  # ActVAR also holds int64 buffers
         meta = read_meta(ASSETS / name)
         folder = save_pretrained(
             load_model(ASSETS / name, dtype=stored),

@@ -27,12 +27,13 @@ def test_store_offers_the_shipped_generators_with_their_tokenizers(store: st.Mod
     )
     # both tokenizer pairs are offered; each generator gets the one its recorded fingerprint names
     assert store.tokenizers == ["msvq2_fmnist", "msvq_fmnist", "vq2_fmnist", "vq_fmnist"]
-    assert store.tokenizer_for("ear_any_fmnist") == "vq_fmnist"
+    assert store.tokenizer_for("ear_any_fmnist") == "vq2_fmnist"
+    assert store.tokenizer_for("raster_fmnist") == "vq_fmnist"  # not yet retrained on the second pair
     assert store.tokenizer_for("actvar_fast_fmnist") == "msvq_fmnist"
     assert store.default == "ear_any_fmnist"
-    assert store.defaults("ear_any_fmnist") == (8, 2.0)  # any-schedule EAR starts at 8 passes
-    assert store.defaults("ear_fmnist") == (0, 2.0)  # trained on its own 31-pass schedule
-    assert store.defaults("var_fmnist") == (0, 1.5)
+    assert store.defaults("ear_any_fmnist") == (8, 2.5)  # any-schedule EAR starts at 8 passes; its own CFG
+    assert store.defaults("ear_fmnist") == (0, 2.5)  # trained on its own 31-pass schedule
+    assert store.defaults("var_fmnist") == (0, 3.5)  # the CFG scale its sweep chose
     assert ("raster_fmnist (raster)", "raster_fmnist") in st.describe(store, store.generators)
 
 
@@ -72,13 +73,13 @@ def test_var_request_returns_a_scale_strip(store: st.ModelStore) -> None:
 
 def test_side_by_side_runs_both_models_on_the_same_seed(store: st.ModelStore) -> None:
     left, right = st.compare(store, "ear_any_fmnist", "var_fmnist", "3,4", per_class=1, seed=5)
-    assert (left.stats["passes"], left.stats["cfg_scale"]) == (8, 2.0)
+    assert (left.stats["passes"], left.stats["cfg_scale"]) == (8, 2.5)  # each model's own CFG scale
     assert (right.stats["passes"], right.stats["cfg_scale"]) == (
         len(store.model("var_fmnist").config.patch_nums),
-        1.5,
+        3.5,
     )
     assert left.stats["seed"] == right.stats["seed"] == 5 and left.frames is None
-    same = st.sample(store, "ear_any_fmnist", "3,4", 1, 8, 2.0, None, 5, False)
+    same = st.sample(store, "ear_any_fmnist", "3,4", 1, 8, 2.5, None, 5, False)
     assert torch.equal(_pixels(left.grid), _pixels(same.grid))
 
 
@@ -123,7 +124,7 @@ def test_local_folder_models_are_offered(tmp_path) -> None:
     record = read_meta("ear_any_fmnist")["trained_with"]
     folder = save_pretrained(load_model("ear_any_fmnist"), tmp_path / "my_ear", trained_with=record)
     local = st.ModelStore(st.AppConfig(models=[str(folder)], preload=False))
-    assert str(folder) in local.generators and local.tokenizer_for(str(folder)) == "vq_fmnist"
+    assert str(folder) in local.generators and local.tokenizer_for(str(folder)) == "vq2_fmnist"
     bare = save_pretrained(load_model("ear_any_fmnist"), tmp_path / "bare_ear")  # no record: ambiguous
     with pytest.raises(ValueError, match=r"2 vq tokenizers fit .* start the app with --tokenizer FILE"):
         st.ModelStore(st.AppConfig(models=[str(bare)], preload=False)).tokenizer_for(str(bare))

@@ -35,10 +35,12 @@ def _argmax_agree(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.argmax(-1) == b.argmax(-1)).float().mean())
 
 
-@pytest.mark.parametrize("name", ["ear_fmnist", "raster_fmnist"])
+@pytest.mark.parametrize(
+    ("name", "tokenizer"), [("ear_fmnist", "vq2_fmnist"), ("raster_fmnist", "vq_fmnist")]
+)
 @torch.no_grad()
-def test_gpt_logits_and_vq_decode_bf16_close_to_fp32(name: str) -> None:
-    model, tok = load_model(name).eval(), load_model("vq_fmnist").eval()
+def test_gpt_logits_and_vq_decode_bf16_close_to_fp32(name: str, tokenizer: str) -> None:
+    model, tok = load_model(name).eval(), load_model(tokenizer).eval()
     proc = GenerationProcess.for_model(model, GPTFamily.default_sampling, None, None)
     tokens_BL = proc.sample(model, LABELS, keys_B=KEYS).tokens_BL  # in-distribution tokens
     seq_BL = proc.order.to_sequence(tokens_BL)
@@ -55,7 +57,7 @@ def test_gpt_logits_and_vq_decode_bf16_close_to_fp32(name: str) -> None:
 @pytest.mark.parametrize(("name", "tol"), [("var_fmnist", 0.02), ("actvar_fmnist", 0.05)])
 @torch.no_grad()
 def test_next_scale_logits_and_msvq_decode_bf16_close_to_fp32(name: str, tol: float) -> None:
-    model, tok = load_model(name).eval(), load_model("msvq_fmnist").eval()
+    model, tok = load_model(name).eval(), load_model("msvq2_fmnist").eval()
     view = model.sampling_view() if model.kind == "actvar" else model
     tokens = sample_next_scale(view, tok, LABELS, NextScaleConfig(), KEYS).tokens
     var_input = tok.idxBl_to_var_input(tokens)
@@ -70,10 +72,10 @@ def test_next_scale_logits_and_msvq_decode_bf16_close_to_fp32(name: str, tol: fl
 @pytest.mark.parametrize(
     ("model", "tokenizer"),
     [
-        ("ear_fmnist", "vq_fmnist"),
+        ("ear_fmnist", "vq2_fmnist"),
         ("raster_fmnist", "vq_fmnist"),
-        ("var_fmnist", "msvq_fmnist"),
-        ("actvar_fmnist", "msvq_fmnist"),
+        ("var_fmnist", "msvq2_fmnist"),
+        ("actvar_fmnist", "msvq2_fmnist"),
     ],
 )
 def test_sampling_runs_in_bf16(model: str, tokenizer: str) -> None:

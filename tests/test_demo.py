@@ -13,7 +13,7 @@ from argen.apps.demo import ASSETS, DemoConfig, run_demo
 def test_demo_writes_grids_gif_extension_and_summary(tmp_path):
     assets = tmp_path / "assets"
     assets.mkdir()
-    for name in ("vq_fmnist", "ear_fmnist"):  # one generator keeps this test to seconds
+    for name in ("vq2_fmnist", "ear_fmnist"):  # one generator keeps this test to seconds
         shutil.copytree(ASSETS / name, assets / name)
     out = tmp_path / "demo"
     summary = run_demo(DemoConfig(out=str(out), per_class=1, assets=str(assets)))

@@ -18,8 +18,8 @@ from argen.models.pretrained import from_pretrained, save_pretrained
 
 # one shipped model of every registered kind
 SHIPPED = {
-    "vq": "vq_fmnist",
-    "msvq": "msvq_fmnist",
+    "vq": "vq2_fmnist",
+    "msvq": "msvq2_fmnist",
     "gpt": "ear_any_fmnist",
     "var": "var_fmnist",
     "actvar": "actvar_fmnist",
@@ -38,8 +38,10 @@ def _same(a: torch.nn.Module, b: torch.nn.Module) -> None:
 @pytest.fixture(scope="module")
 def ear_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("pretrained") / "ear_any"
-    trained_with = read_meta("ear_any_fmnist")["trained_with"]
-    return save_pretrained(load_model("ear_any_fmnist"), folder, trained_with=trained_with)
+    meta = read_meta("ear_any_fmnist")
+    return save_pretrained(
+        load_model("ear_any_fmnist"), folder, trained_with=meta["trained_with"], sampling=meta.get("sampling")
+    )
 
 
 @pytest.mark.parametrize("kind", sorted(SHIPPED))
@@ -57,11 +59,11 @@ def test_round_trip_is_exact_for_every_kind(kind: str, tmp_path: Path) -> None:
 
 
 def test_bf16_folder_keeps_bf16_weights(tmp_path: Path) -> None:
-    model = load_model("vq_fmnist", dtype=torch.bfloat16)
+    model = load_model("vq2_fmnist", dtype=torch.bfloat16)
     folder = save_pretrained(model, tmp_path / "vq", dtype=torch.bfloat16)
     _same(model, from_pretrained(folder, dtype=torch.bfloat16))
     # the shipped bf16 file and the folder hold the same weights
-    _same(load_model("vq_fmnist"), from_pretrained(folder))
+    _same(load_model("vq2_fmnist"), from_pretrained(folder))
 
 
 def test_bf16_save_keeps_integer_buffers_exact(tmp_path: Path) -> None:
@@ -91,9 +93,9 @@ def test_from_pretrained_takes_files_and_names_and_checks_kind(ear_folder: Path)
 
 def test_training_run_folder_loads(tmp_path: Path) -> None:
     """A training run's folder holds model.safetensors + model.json beside the run's own config.json."""
-    save_model(load_model("vq_fmnist"), tmp_path / "model")
+    save_model(load_model("vq2_fmnist"), tmp_path / "model")
     (tmp_path / "config.json").write_text(json.dumps({"task": "vq", "steps": 10}))
-    _same(load_model("vq_fmnist"), load_model(tmp_path))
+    _same(load_model("vq2_fmnist"), load_model(tmp_path))
 
 
 def _broken(ear_folder: Path, tmp_path: Path) -> Path:
@@ -133,7 +135,7 @@ def test_malformed_folder_is_one_clear_error(ear_folder, tmp_path, damage, messa
 
 
 def test_cli_takes_folders(ear_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    tok = save_pretrained(load_model("vq_fmnist"), tmp_path / "vq")
+    tok = save_pretrained(load_model("vq2_fmnist"), tmp_path / "vq")
     out = tmp_path / "s"
     argv = [
         "sample",
@@ -197,7 +199,8 @@ def test_model_sampling_defaults_apply_under_explicit_settings(tmp_path: Path) -
     assert (pipe.sampling.cfg_scale, pipe.sampling.temperature) == (3.5, 0.9)
     pipe = Pipeline.load(GenerateConfig(model=str(folder), device="cpu", sampling={"cfg_scale": 1.0}))
     assert (pipe.sampling.cfg_scale, pipe.sampling.temperature) == (1.0, 0.9)  # the caller's setting wins
-    plain = Pipeline.load(GenerateConfig(model="ear_fmnist", device="cpu"))
+    save_model(model, tmp_path / "plain")
+    plain = Pipeline.load(GenerateConfig(model=str(tmp_path / "plain.safetensors"), device="cpu"))
     assert plain.sampling.cfg_scale == 2.0  # no recorded defaults: the family's
     save_model(model, tmp_path / "bad", sampling={"cfg": 2.0})
     with pytest.raises(ValueError, match=r"unknown sampling default\(s\) \['cfg'\]"):

@@ -73,7 +73,7 @@ def test_cheap_readme_commands_run(tmp_path: Path, capsys, monkeypatch) -> None:
             main(argv)
             ran += 1
     assert ran >= 1
-    shipped = ["--model", "ear_any_fmnist", "--tokenizer", "vq_fmnist"]  # by name, from any directory
+    shipped = ["--model", "ear_any_fmnist", "--tokenizer", "vq2_fmnist"]  # by name, from any directory
     main(
         [
             "sample",

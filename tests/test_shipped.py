@@ -17,7 +17,7 @@ MIN_ACCURACY = 0.7
 def test_shipped_ear_samples_are_classified_as_requested() -> None:
     config = GenerateConfig(
         model=str(ASSETS / "ear_fmnist.safetensors"),
-        tokenizer=str(ASSETS / "vq_fmnist.safetensors"),
+        tokenizer=str(ASSETS / "vq2_fmnist.safetensors"),
         device="cpu",
         batch_size=40,
     )

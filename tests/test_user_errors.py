@@ -227,7 +227,7 @@ def test_shipped_models_load_by_name_from_any_directory(tmp_path: Path, monkeypa
     from argen.models.checkpoints import load_model
 
     monkeypatch.chdir(tmp_path)
-    assert load_model("vq_fmnist").kind == "vq"
+    assert load_model("vq2_fmnist").kind == "vq"
 
 
 def test_help_shows_every_flag_with_help_text() -> None:

@@ -22,11 +22,11 @@ from argen.model_io import ASSETS
 
 # generator asset -> (tokenizer asset, label in the demo, extra generation settings)
 GENERATORS: dict[str, tuple[str, str, dict[str, Any]]] = {
-    "raster_fmnist": ("vq_fmnist", "raster (LlamaGen)", {}),
-    "ear_fmnist": ("vq_fmnist", "EAR 31-step", {}),
-    "ear_any_fmnist": ("vq_fmnist", "EAR any-schedule, 8 passes", {"schedule": 8}),
-    "var_fmnist": ("msvq_fmnist", "VAR", {}),
-    "actvar_fmnist": ("msvq_fmnist", "ActVAR", {}),
+    "raster_fmnist": ("vq_fmnist", "raster (LlamaGen), first tokenizer", {}),
+    "ear_fmnist": ("vq2_fmnist", "EAR 31-step", {}),
+    "ear_any_fmnist": ("vq2_fmnist", "EAR any-schedule, 8 passes", {"schedule": 8}),
+    "var_fmnist": ("msvq2_fmnist", "VAR", {}),
+    "actvar_fmnist": ("msvq2_fmnist", "ActVAR", {}),
 }
 
 
@@ -54,7 +54,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     summary: dict[str, Any] = {"out": str(out)}
     t0 = time.perf_counter()
-    tokenizer = _asset(cfg, "vq_fmnist") or _train_tokenizer(cfg, out, summary)
+    tokenizer = _asset(cfg, "vq2_fmnist") or _train_tokenizer(cfg, out, summary)
     recon = ReconstructConfig(str(tokenizer), n=500, out=str(out), fid=False)
     summary["reconstruction"] = reconstruction_report(recon)
     summary["generators"] = _generator_grids(cfg, out)
@@ -65,7 +65,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
             f"no generator is shipped in {cfg.assets} yet; train one with `argen train gpt|var`, sample it "
             "with `argen sample` (see README)"
         )
-    if _asset(cfg, "ear_fmnist") and _asset(cfg, "vq_fmnist"):
+    if _asset(cfg, "ear_fmnist") and _asset(cfg, "vq2_fmnist"):
         summary["extension"] = _extension(cfg, out)
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
@@ -156,7 +156,7 @@ def _side_by_side(rows: list[dict[str, Any]], path: Path) -> Path:
 def _extension(cfg: DemoConfig, out: Path) -> dict[str, Any]:
     ecfg = ExtendConfig(
         model=str(_asset(cfg, "ear_fmnist")),
-        tokenizer=str(_asset(cfg, "vq_fmnist")),
+        tokenizer=str(_asset(cfg, "vq2_fmnist")),
         centre=8,
         canvas=20,
         device="cpu",
