@@ -18,14 +18,10 @@ import torch
 from argen.models.checkpoints import load_model, read_meta
 from argen.models.pretrained import save_pretrained
 
-SWEEP_TO_FIELD = {"cfg": "cfg_scale", "temperature": "temperature", "top_k": "top_k", "top_p": "top_p"}
-
 
 def sweep_sampling(path: str | None) -> dict | None:
-    """The chosen settings of a sweep JSON as SamplingConfig fields."""
-    if path is None:
-        return None
-    return {SWEEP_TO_FIELD[k]: v for k, v in json.loads(Path(path).read_text())["chosen"].items()}
+    """The settings a sweep chose (scripts/sweep_sampling.py), as SamplingConfig fields."""
+    return None if path is None else json.loads(Path(path).read_text())["sampling"]
 
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -24,9 +24,7 @@ R=results/fmnist
 mkdir -p $R
 chosen() {  # the sampler flags a sweep chose (none when the sweep has not run)
   [ -f "$R/sweep/$1.json" ] || return 0
-  $PY -c "import json,sys; c=json.load(open(sys.argv[1]))['chosen']
-flags={'cfg':'--cfg','temperature':'--temperature','top_k':'--top-k','top_p':'--top-p'}
-print(' '.join(f'{flags[k]} {v}' for k,v in c.items()))" "$R/sweep/$1.json"
+  $PY -c "import json,sys; print(json.load(open(sys.argv[1]))['flags'])" "$R/sweep/$1.json"
 }
 row() {  # row <name> <model asset> <tokenizer asset> <sweep> [sampler options]
   local name=$1 model=$S/$2.safetensors tok=$S/$3.safetensors sweep=$4

@@ -21,7 +21,13 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FLAGS = {"cfg": "--cfg", "temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p"}
+# sweep setting -> (sampler flag, SamplingConfig field); the summary JSON records both forms of the choice
+SETTINGS = {
+    "cfg": ("--cfg", "cfg_scale"),
+    "temperature": ("--temperature", "temperature"),
+    "top_k": ("--top-k", "top_k"),
+    "top_p": ("--top-p", "top_p"),
+}
 
 
 def main() -> None:
@@ -40,8 +46,9 @@ def main() -> None:
     grid = {}
     for item in args.grid:
         key, _, values = item.partition("=")
-        if key not in FLAGS or not values:
-            raise SystemExit(f"--grid takes setting=v1,v2 with setting one of {sorted(FLAGS)}; got {item!r}")
+        if key not in SETTINGS or not values:
+            known = sorted(SETTINGS)
+            raise SystemExit(f"--grid takes setting=v1,v2 with setting one of {known}; got {item!r}")
         grid[key] = [float(v) if key != "top_k" else int(v) for v in values.split(",")]
     out_dir = Path(args.out_dir)
     (out_dir / args.name).mkdir(parents=True, exist_ok=True)
@@ -63,7 +70,7 @@ def main() -> None:
             ]
             cmd += ["--n", str(args.n), "--seed", str(args.seed), *args.extra.split()]
             for k, v in setting.items():
-                cmd += [FLAGS[k], str(v)]
+                cmd += [SETTINGS[k][0], str(v)]
             cmd += ["--set", "ref_split=test", "--set", "floor=false", "--set", "ref_n=1000"]
             cmd += ["--set", f"out={report}"]
             print(" ".join(cmd), flush=True)
@@ -83,6 +90,8 @@ def main() -> None:
         "extra": args.extra,
         "reference": "Fashion-MNIST test split, 1000 images (the table uses 5000 train images)",
         "chosen": {k: best[k] for k in grid},
+        "flags": " ".join(f"{SETTINGS[k][0]} {best[k]}" for k in grid),  # for scripts/results_fmnist.sh
+        "sampling": {SETTINGS[k][1]: best[k] for k in grid},  # SamplingConfig fields (export_asset.py)
         "points": points,
     }
     (out_dir / f"{args.name}.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -6,6 +6,7 @@ H heads, Dh head dim, V vocabulary, Cv VQVAE channels, S scales, E = 6 modulatio
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,7 +19,7 @@ from torch import nn
 from argen.model_io import drop_keys, load_strict, read_official, register
 from argen.models.checkpoints import load_model
 from argen.models.var_blocks import AdaLNBeforeHead, AdaLNBlock
-from argen.nn.attention import chunk_mask
+from argen.nn.attention import ChunkedMask, chunk_mask
 from argen.nn.kv_cache import kv_caches
 from argen.nn.layers import Mods
 from argen.nn.masks import group_mask, groups_from_sizes
@@ -118,6 +119,15 @@ def var_config(preset: str, **overrides) -> VARConfig:
     if preset not in PRESETS:
         raise ValueError(f"unknown VAR preset {preset!r}; choose one of {sorted(PRESETS)}")
     return VARConfig(**{**PRESETS[preset], **overrides})
+
+
+@functools.lru_cache(maxsize=64)
+def _teacher_forcing_mask(
+    scale_sizes: tuple[int, ...], length: int, device: str
+) -> torch.Tensor | ChunkedMask:
+    """The chunked block-causal mask of the first `length` tokens. It depends only on the shape, so it is
+    built once per shape and device, not on every teacher-forcing step (about 5 ms on a CPU at 680 tokens)."""
+    return chunk_mask(group_mask(groups_from_sizes(scale_sizes)[:length])).to(device)
 
 
 @register("var", VARConfig)
@@ -237,7 +247,7 @@ class VAR(nn.Module):
         sos_BlC = cond_BD[:, None].expand(-1, cfg.scale_sizes[0], -1) + self.pos_start
         x_BLC = torch.cat((sos_BlC, self.word_embed(var_input_BLCv.to(self.word_embed.weight.dtype))), dim=1)
         x_BLC = x_BLC + self.lvl_pos()[:, :length]
-        mask_LL = chunk_mask(self.block_causal_mask(length)).to(x_BLC.device)
+        mask_LL = _teacher_forcing_mask(cfg.scale_sizes, length, str(x_BLC.device))
         for block, mods in zip(self.blocks, self.block_mods(cond_BD), strict=True):
             x_BLC = block(x_BLC, mods, mask_LL)
         return self.logits(x_BLC, cond_BD)

@@ -69,7 +69,7 @@ def chunk_mask(
             return mask_LS
         n = len(cols)
         keys: int | torch.Tensor = n if int(cols[-1]) == n - 1 else cols
-        sub = m[b:e, :n] if isinstance(keys, int) else m[b:e][:, cols]
+        sub = m[b:e][:, cols]
         chunks.append(Chunk(b, e, keys, None if bool(sub.all()) else sub))
         computed += (e - b) * n
     if computed > max_visible * L * S:

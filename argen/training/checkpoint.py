@@ -188,6 +188,11 @@ def latest_checkpoint(ckpt_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
+def is_checkpoint(path: str | Path) -> bool:
+    """Whether `path` is one checkpoint directory (`step_XXXXXXXX/` holding its state.json)."""
+    return (Path(path) / _META).is_file()
+
+
 def save_checkpoint(ckpt_dir: str | Path, state: TrainingState, keep_last: int = 2) -> Path:
     """Write `state` atomically as `ckpt_dir/step_XXXXXXXX/` and delete all but the newest `keep_last`.
 

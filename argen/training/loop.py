@@ -149,7 +149,7 @@ def _enter_stage(run: _Run, index: int) -> None:
 def _init_weights(init: str) -> dict[str, torch.Tensor]:
     """Weights a run starts from: an argen model file or folder, or a training checkpoint `step_XXXXXXXX/`
     (its EMA weights when the run kept EMA; e.g. any-schedule EAR forked from an EAR run part-way)."""
-    if (Path(init) / "state.json").is_file():
+    if ckpt.is_checkpoint(init):
         state = ckpt.load_checkpoint(init)
         return {**state.model, **(state.ema or {})}
     weights, _ = model_files(init)
