@@ -121,6 +121,20 @@ def resolve_model_path(path: str | Path) -> Path:
     return path
 
 
+def recorded_tokenizer(path: str | Path) -> str | None:
+    """The tokenizer a generator's file records it was trained with, where that tokenizer is found: the
+    recorded file (relative to the working directory) or a shipped model of the same name; None otherwise."""
+    recorded = (read_meta(path).get("trained_with") or {}).get("tokenizer") or {}
+    file = recorded.get("file")
+    if not file:
+        return None
+    for candidate in (file, Path(file).with_suffix("").name):
+        weights, _ = model_files(candidate)
+        if weights.is_file():
+            return str(resolve_model_path(candidate))
+    return None
+
+
 # A model folder (Hugging Face layout, written by `argen.models.pretrained.save_pretrained`).
 FOLDER_WEIGHTS, FOLDER_CONFIG = "model.safetensors", "config.json"
 

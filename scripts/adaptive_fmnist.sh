@@ -16,7 +16,7 @@ row() {  # row <name> [sampler options]
   local name=$1
   shift
   [ -f $R/$name.eval.json ] && return
-  $A eval --model ear_any_fmnist --tokenizer vq_fmnist --n "$N" --device "$DEV" "$@" --set out=$R/$name.eval.json
+  $A eval --model ear_any_fmnist --n "$N" --device "$DEV" "$@" --set out=$R/$name.eval.json
 }
 row fixed31
 row adaptive0.5 --adaptive 0.5

@@ -34,7 +34,7 @@ SETTINGS = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="ear_any_fmnist")
-    parser.add_argument("--tokenizer", default="vq_fmnist")
+    parser.add_argument("--tokenizer", default="", help="default: the one the model records")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--out", default="results/fmnist/adaptive/latency.json")
     args = parser.parse_args()

@@ -10,7 +10,7 @@ A=${ARGEN:-.venv/bin/argen}
 M=runs/bench
 R=results/$DEV
 mkdir -p $M $R
-VQ=argen/assets/vq_fmnist.safetensors
+VQ=vq2_fmnist
 $A init gpt --preset fmnist_raster_s --out $M/raster
 $A init gpt --preset fmnist_s --out $M/ear
 $A init msvq --preset fmnist --out $M/msvq

@@ -38,7 +38,7 @@ def main() -> None:
         if report.get("class_accuracy") is not None:
             continue
         gen = report["generator"]
-        pipe = Pipeline.load(GenerateConfig(model=gen["model"], tokenizer="vq_fmnist", **settings(report)))
+        pipe = Pipeline.load(GenerateConfig(model=gen["model"], **settings(report)))
         labels = torch.arange(report["n"]) % pipe.num_classes
         images = pipe.sample(labels, seed=report["seeds"]["sample_seed"]).images
         report["class_accuracy"] = class_accuracy(classifier, to_uint8(images), labels)

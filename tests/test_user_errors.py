@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from argen.cli import main
-from argen.models.checkpoints import save_model
+from argen.models.checkpoints import file_digest, save_model
 from argen.tokenizers.vqgan import VQModel, vq_config
 
 
@@ -98,6 +98,15 @@ def test_generator_refuses_another_tokenizer_with_the_same_shape(files: dict, tm
     main(
         [*argv, "--tokenizer", str(files["vq"]), "--n-per-class", "1", "--classes", "0"]
     )  # the right one works
+    # without --tokenizer: the recorded file when it is found, else a clear error
+    assert "give --tokenizer" in _fail(
+        [*argv, "--overwrite"], capsys
+    )  # "vq" is neither a file here nor a shipped model
+    meta["trained_with"]["tokenizer"]["file"] = str(files["vq"])
+    model.with_suffix(".json").write_text(json.dumps(meta))
+    main([*argv, "--overwrite", "--n-per-class", "1", "--classes", "0"])
+    report = json.loads((tmp_path / "s" / "sample.json").read_text())
+    assert report["run"]["tokenizer"] == file_digest(files["vq"])
 
 
 def test_eval_refuses_samples_and_model_together(files: dict, tmp_path: Path, capsys) -> None:

@@ -68,7 +68,7 @@ def extend_images(cfg: ExtendConfig, out: Path, pipe: Any = None) -> dict[str, A
     labels_B = pipe.check_labels(labels_B).to(device)
     sampling = SamplingConfig(cfg_scale=cfg.cfg_scale, seed=cfg.seed)
     ext = extend_images_from_centre(
-        pipe.model, pipe.tokenizer, img_BCHW, labels_B, cfg.centre, canvas, sampling
+        pipe.model, pipe.require_tokenizer(), img_BCHW, labels_B, cfg.centre, canvas, sampling
     )
     generated, n = ext.images_BCHW, pipe.model.config.grid
     size = generated.shape[-1]

@@ -79,17 +79,16 @@ def device(text: str) -> str:
     return text
 
 
-def generate_flags(
-    p: argparse.ArgumentParser, model_required: bool = True, tokenizer_required: bool = True
-) -> None:
+TOKENIZER_HELP = "its tokenizer: file, folder or name (default: the one the model records, if found)"
+
+
+def generate_flags(p: argparse.ArgumentParser, model_required: bool = True) -> None:
     p.add_argument(
         "--model",
         required=model_required,
         help="generator: model file or folder, or a shipped model's name (ear_fmnist, var_fmnist, ...)",
     )
-    p.add_argument(
-        "--tokenizer", required=tokenizer_required, default="", help="its tokenizer (file, folder or name)"
-    )
+    p.add_argument("--tokenizer", default="", help=TOKENIZER_HELP)
     p.add_argument(
         "--schedule",
         type=schedule,

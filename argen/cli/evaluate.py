@@ -21,7 +21,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.samples:
         cfg.samples = args.samples
     if cfg.samples is None and not args.model:
-        raise ValueError("give --samples (folder or .npz) or --model/--tokenizer to sample from")
+        raise ValueError("give --samples (folder or .npz) or --model to sample from")
     images = labels = extra = None
     if args.model:
         pipe = pipeline(args)
@@ -80,7 +80,7 @@ def cmd_plot(args: argparse.Namespace) -> None:
 def add_evaluation(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="FID/KID/precision/recall (+ class accuracy) of samples or a generator")
     p.add_argument("--samples", help="folder of PNGs or ADM .npz")
-    generate_flags(p, model_required=False, tokenizer_required=False)
+    generate_flags(p, model_required=False)
     p.add_argument(
         "--n", type=positive_int, default=1000, help="with --model: images sampled (classes cycled)"
     )
@@ -97,7 +97,7 @@ def add_evaluation(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("flops", help="analytic per-image sampling cost: passes, tokens, GFLOPs")
-    generate_flags(p, tokenizer_required=False)
+    generate_flags(p)
     p.set_defaults(func=cmd_flops)
 
     p = sub.add_parser("plot", help="quality vs speed plot from result JSONs")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from argen.cli.common import (
+    TOKENIZER_HELP,
     class_labels,
     device,
     generate_flags,
@@ -37,6 +38,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
         "seconds": round(samples.seconds, 3),
         "img_per_s": round(len(labels) / samples.seconds, 2),
         **pipe.cost(samples),  # adaptive EAR: the mean passes, tokens and FLOPs that really ran
+        "run": pipe.run_record(),  # model and tokenizer digests, sampling settings
     }
     if args.gif and samples.frames:
         name = f"{pipe.family.frames_name}.gif"
@@ -128,7 +130,7 @@ def add_sampling(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("extend", help="EAR: extension / inpainting from centre tokens")
     p.add_argument("--model", required=True, help="EAR model: file, folder or shipped name (ear_fmnist)")
-    p.add_argument("--tokenizer", required=True, help="its VQ tokenizer (file, folder or name)")
+    p.add_argument("--tokenizer", default="", help=TOKENIZER_HELP)
     p.add_argument("--centre", type=int, default=8, help="side of the kept centre crop, in tokens")
     p.add_argument("--canvas", type=int, help="canvas side in tokens (default: model grid = inpainting)")
     p.add_argument("--images", type=ints, default=[0, 1, 2, 3], help="Fashion-MNIST test indices")

@@ -22,6 +22,7 @@ from argen.models.checkpoints import (
     file_digest,
     load_model,
     read_meta,
+    recorded_tokenizer,
     tokenizer_fingerprint,
 )
 from argen.sampling.families import family_of
@@ -33,7 +34,8 @@ class GenerateConfig:
     """Which models sample and how.
 
     model: argen generator file (kind gpt, var or actvar). tokenizer: its tokenizer file (vq for gpt, msvq
-        for var/actvar).
+        for var/actvar); "" = the one the model's file records it was trained with, where that is found
+        (a shipped model's own tokenizer, or the recorded file).
     schedule / order: GPT only; None = the model's own ("sides" for EAR, 31 passes on 16x16). An any-schedule
         EAR model takes any number of passes here (e.g. 8).
     sampling: None = the family's defaults (GPT: constant CFG 2.0; VAR: linear CFG ramp 1.5, top-k 900,
@@ -130,6 +132,8 @@ class Pipeline:
         device = resolve_device(cfg.device)
         model = load_model(cfg.model, device)
         family_of(model, cfg.model)  # before loading a tokenizer for something that is not a generator
+        if not cfg.tokenizer:  # the one the model was trained with, where it is found
+            cfg = dataclasses.replace(cfg, tokenizer=recorded_tokenizer(cfg.model) or "")
         tokenizer = load_model(cfg.tokenizer, device) if cfg.tokenizer else None
         dtype = resolve_dtype(cfg.dtype, device)
         model, tokenizer = model.to(dtype), tokenizer.to(dtype) if tokenizer is not None else None
@@ -154,6 +158,15 @@ class Pipeline:
     @property
     def num_classes(self) -> int:
         return self.family.config(self.model).num_classes
+
+    def require_tokenizer(self) -> nn.Module:
+        """The tokenizer, or a clear error when none was given and the model records none found here."""
+        if self.tokenizer is None:
+            raise ValueError(
+                f"making images needs {self.cfg.model}'s tokenizer: give --tokenizer (the model's file "
+                "records none that is found here)"
+            )
+        return self.tokenizer
 
     def _check_tokenizer(self, tokenizer: nn.Module) -> None:
         expected = self.family.tokenizer_kind
@@ -222,8 +235,7 @@ class Pipeline:
         Image n is a function of (seed, indices_N[n], settings) only (default indices 0..N-1): the batch
         size, the number of ranks and the other labels of the batch do not change it.
         """
-        if self.tokenizer is None:
-            raise ValueError("sampling images needs the generator's tokenizer (--tokenizer)")
+        self.require_tokenizer()
         labels_N = self.check_labels(labels_N)
         sampling = self.sampling if seed is None else dataclasses.replace(self.sampling, seed=seed)
         indices_N = torch.arange(len(labels_N)) if indices_N is None else torch.as_tensor(indices_N)
