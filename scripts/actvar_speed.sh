@@ -2,10 +2,10 @@
 # ActVAR time against its dense teacher, side by side (scripts/profile_actvar.py: process CPU time, one
 # thread, calls alternating between the two models, medians). Writes results/cpu/actvar_speed/*.json.
 #   bash scripts/actvar_speed.sh            # everything (~40 CPU minutes on the 2-core EPYC)
-#   ONLY=fmnist bash scripts/actvar_speed.sh
+#   ONLY=fmnist bash scripts/actvar_speed.sh      (OUT=folder writes elsewhere)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=results/cpu/actvar_speed
+OUT=${OUT:-results/cpu/actvar_speed}
 mkdir -p "$OUT"
 export OMP_NUM_THREADS=1
 PY=${PY:-.venv/bin/python}

@@ -1,7 +1,7 @@
 """Copy a trained argen model into argen/assets/NAME/ (a model folder, bf16: the shipped form), keeping its
 training record; `scripts/export_pretrained.py NAME` then writes the full model card.
 
-python scripts/export_asset.py runs/vq_fmnist/model.safetensors vq_fmnist
+python scripts/export_asset.py runs/vq2_fmnist/model.safetensors vq2_fmnist
 python scripts/export_asset.py runs/ear2_fmnist/model.safetensors ear_fmnist \
     --sampling results/fmnist/sweep/ear31.json
 
