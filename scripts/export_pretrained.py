@@ -21,18 +21,16 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "results" / "fmnist"
 # shipped name -> (training config, results name, setting the numbers were measured at)
 PROVENANCE = {
-    "vq_fmnist": ("configs/vq_fmnist.json", None, ""),
-    "msvq_fmnist": ("configs/msvq_fmnist.json", None, ""),
     "vq2_fmnist": ("configs/vq2_fmnist.json", None, ""),
     "msvq2_fmnist": ("configs/msvq2_fmnist.json", None, ""),
-    "raster_fmnist": ("configs/raster_fmnist_cpu.json", "raster", "256 passes"),
+    "raster_fmnist": ("configs/raster2_fmnist.json", "raster", "256 passes"),
     "ear_fmnist": ("configs/ear2_fmnist.json", "ear31", "31 passes"),
     "ear_any_fmnist": ("configs/ear_any2_fmnist.json", "ear_any31", "31 passes"),
     "var_fmnist": ("configs/var2_fmnist.json", "var", "10 scales"),
-    "actvar_fmnist": ("configs/actvar2_fmnist.json", "actvar", "10 scales"),
-    "actvar_fast_fmnist": ("configs/actvar_fast_fmnist_cpu.json", "actvar_fast", "10 scales"),
-    "actvar_tokens_fmnist": ("configs/actvar_tokens_fmnist_cpu.json", "actvar_tokens", "10 scales"),
-    "actvar_experts_fmnist": ("configs/actvar_experts_fmnist_cpu.json", "actvar_experts", "10 scales"),
+    "actvar_fmnist": ("configs/actvar2_long_fmnist.json", "actvar", "10 scales"),
+    "actvar_fast_fmnist": ("configs/actvar2_fast_fmnist.json", "actvar_fast", "10 scales"),
+    "actvar_tokens_fmnist": ("configs/actvar2_tokens_fmnist.json", "actvar_tokens", "10 scales"),
+    "actvar_experts_fmnist": ("configs/actvar2_experts_fmnist.json", "actvar_experts", "10 scales"),
     "classifier_fmnist": ("scripts/train_classifier.py", None, ""),
 }
 

@@ -5,6 +5,7 @@
 # the ActVARs are distilled from the retrained VAR at the budgets of the earlier ones.
 # Two lanes, one thread each, for a 2-core machine:   bash scripts/train_fmnist.sh a & bash scripts/train_fmnist.sh b
 # then the other ActVAR budgets (they need lane a's VAR):  bash scripts/train_fmnist.sh c
+# and the main budget distilled longer:  bash scripts/train_fmnist.sh d
 # A finished step (its model file exists) is skipped; an interrupted one resumes from its last checkpoint.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,5 +34,8 @@ case "${1:-}" in
     step runs/actvar2_tokens_fmnist/actvar.safetensors $A distill --config configs/actvar2_tokens_fmnist.json
     step runs/actvar2_experts_fmnist/actvar.safetensors $A distill --config configs/actvar2_experts_fmnist.json
     ;;
-  *) echo "usage: bash scripts/train_fmnist.sh a|b|c" >&2; exit 2 ;;
+  d)  # the main budget distilled 4x longer (stage 2: 600 steps x 16 instead of 150 x 16)
+    step runs/actvar2_long_fmnist/actvar.safetensors $A distill --config configs/actvar2_long_fmnist.json
+    ;;
+  *) echo "usage: bash scripts/train_fmnist.sh a|b|c|d" >&2; exit 2 ;;
 esac

@@ -25,11 +25,9 @@ def test_store_offers_the_shipped_generators_with_their_tokenizers(store: st.Mod
     assert {"ear_fmnist", "ear_any_fmnist", "raster_fmnist", "var_fmnist", "actvar_fmnist"} <= set(
         store.generators
     )
-    # both tokenizer pairs are offered; each generator gets the one its recorded fingerprint names
-    assert store.tokenizers == ["msvq2_fmnist", "msvq_fmnist", "vq2_fmnist", "vq_fmnist"]
+    assert store.tokenizers == ["msvq2_fmnist", "vq2_fmnist"]
     assert store.tokenizer_for("ear_any_fmnist") == "vq2_fmnist"
-    assert store.tokenizer_for("raster_fmnist") == "vq_fmnist"  # not yet retrained on the second pair
-    assert store.tokenizer_for("actvar_fast_fmnist") == "msvq_fmnist"
+    assert store.tokenizer_for("actvar_fast_fmnist") == "msvq2_fmnist"
     assert store.default == "ear_any_fmnist"
     assert store.defaults("ear_any_fmnist") == (8, 2.5)  # any-schedule EAR starts at 8 passes; its own CFG
     assert store.defaults("ear_fmnist") == (0, 2.5)  # trained on its own 31-pass schedule
@@ -125,12 +123,16 @@ def test_local_folder_models_are_offered(tmp_path) -> None:
     folder = save_pretrained(load_model("ear_any_fmnist"), tmp_path / "my_ear", trained_with=record)
     local = st.ModelStore(st.AppConfig(models=[str(folder)], preload=False))
     assert str(folder) in local.generators and local.tokenizer_for(str(folder)) == "vq2_fmnist"
-    bare = save_pretrained(load_model("ear_any_fmnist"), tmp_path / "bare_ear")  # no record: ambiguous
+    bare = save_pretrained(load_model("ear_any_fmnist"), tmp_path / "bare_ear")  # no record
+    alone = st.ModelStore(st.AppConfig(models=[str(bare)], preload=False))
+    assert alone.tokenizer_for(str(bare)) == "vq2_fmnist"  # the only VQ tokenizer there is
+    other = save_pretrained(load_model("vq2_fmnist"), tmp_path / "other_vq")  # a second one: ambiguous
+    two = st.ModelStore(st.AppConfig(models=[str(bare)], tokenizers=[str(other)], preload=False))
     with pytest.raises(ValueError, match=r"2 vq tokenizers fit .* start the app with --tokenizer FILE"):
-        st.ModelStore(st.AppConfig(models=[str(bare)], preload=False)).tokenizer_for(str(bare))
+        two.tokenizer_for(str(bare))
     assert st.sample(local, str(folder), "5", passes=4).stats["images"] == 1
     with pytest.raises(ValueError, match="is a vq model, not a generator"):
-        st.ModelStore(st.AppConfig(models=["vq_fmnist"], preload=False))
+        st.ModelStore(st.AppConfig(models=["vq2_fmnist"], preload=False))
 
 
 def test_page_builds_without_serving(store: st.ModelStore) -> None:

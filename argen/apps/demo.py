@@ -22,7 +22,7 @@ from argen.model_io import ASSETS
 
 # generator asset -> (tokenizer asset, label in the demo, extra generation settings)
 GENERATORS: dict[str, tuple[str, str, dict[str, Any]]] = {
-    "raster_fmnist": ("vq_fmnist", "raster (LlamaGen), first tokenizer", {}),
+    "raster_fmnist": ("vq2_fmnist", "raster (LlamaGen)", {}),
     "ear_fmnist": ("vq2_fmnist", "EAR 31-step", {}),
     "ear_any_fmnist": ("vq2_fmnist", "EAR any-schedule, 8 passes", {"schedule": 8}),
     "var_fmnist": ("msvq2_fmnist", "VAR", {}),
