@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
+from functools import partial
 from pathlib import Path
 
 import torch
 
+from argen.eval.bench import side_by_side
 from argen.sampling.pipeline import GenerateConfig, Pipeline
 
 SETTINGS = {
@@ -43,17 +43,9 @@ def main() -> None:
         for name, extra in SETTINGS.items()
     }
     labels = torch.arange(10)
-    times: dict[str, list[float]] = {name: [] for name in pipes}
-    passes: dict[str, float] = {}
-    for pipe in pipes.values():  # warm-up
-        pipe.sample(labels[:2])
-    for _ in range(args.rounds):
-        for name, pipe in pipes.items():
-            t0 = time.perf_counter()
-            samples = pipe.sample(labels)
-            times[name].append((time.perf_counter() - t0) / len(labels))
-            passes[name] = samples.mean_passes
-    base = statistics.median(times["fixed31"])
+    timed = side_by_side({name: partial(pipe.sample, labels) for name, pipe in pipes.items()}, args.rounds)
+    wall = {name: t.wall_s / len(labels) for name, t in timed.items()}  # per image
+    base = wall["fixed31"]
     report = {
         "model": args.model,
         "threads": torch.get_num_threads(),
@@ -63,11 +55,11 @@ def main() -> None:
         "rounds": args.rounds,
         "rows": {
             name: {
-                "mean_passes": round(passes[name], 2),
-                "median_s_per_image": round(statistics.median(t), 4),
-                "vs_fixed31": round(statistics.median(t) / base, 3),
+                "mean_passes": round(timed[name].result.mean_passes, 2),
+                "median_s_per_image": round(wall[name], 4),
+                "vs_fixed31": round(wall[name] / base, 3),
             }
-            for name, t in times.items()
+            for name in pipes
         },
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

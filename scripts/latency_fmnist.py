@@ -1,9 +1,10 @@
 """Batch-1 latency of the shipped generators, measured side by side (interleaved rounds, medians).
 
 One image at a time is where EAR's few passes should pay against the raster baseline's 256. Every round
-samples the same images (classes 0..9, seed 0) with every model in turn, so machine load falls on all of them
-alike. Time is both wall-clock and the process's CPU time (with one thread, the compute the sampling used,
-whatever else the machine runs). Each model samples with its shipped settings; tokenizer decoding included.
+samples the same images (classes 0..9, seed 0) with every model in turn (`argen.eval.bench.side_by_side`),
+so machine load falls on all of them alike. Time is both wall-clock and the process's CPU time (with one
+thread, the compute the sampling used, whatever else the machine runs). Each model samples with its shipped
+settings; tokenizer decoding included.
 
     OMP_NUM_THREADS=1 python scripts/latency_fmnist.py --out results/fmnist/latency_b1.json
 """
@@ -13,12 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import time
+from functools import partial
 from pathlib import Path
 
 import torch
 
+from argen.eval.bench import side_by_side
 from argen.sampling.pipeline import GenerateConfig, Pipeline
 
 # row -> (shipped model, EAR schedule or None)
@@ -51,18 +52,9 @@ def main() -> None:
         for name in rows
     }
     labels = torch.arange(10)
-    wall: dict[str, list[float]] = {name: [] for name in pipes}
-    cpu: dict[str, list[float]] = {name: [] for name in pipes}
-    passes: dict[str, float] = {}
-    for pipe in pipes.values():  # warm-up
-        pipe.sample(labels[:2])
-    for _ in range(args.rounds):
-        for name, pipe in pipes.items():
-            w0, c0 = time.perf_counter(), time.process_time()
-            samples = pipe.sample(labels)
-            cpu[name].append((time.process_time() - c0) / len(labels))
-            wall[name].append((time.perf_counter() - w0) / len(labels))
-            passes[name] = samples.mean_passes
+    timed = side_by_side({name: partial(pipe.sample, labels) for name, pipe in pipes.items()}, args.rounds)
+    cpu = {name: t.cpu_s / len(labels) for name, t in timed.items()}  # per image
+    wall = {name: t.wall_s / len(labels) for name, t in timed.items()}
     base = rows[0]
     report = {
         "command": "python scripts/latency_fmnist.py "
@@ -77,11 +69,11 @@ def main() -> None:
         "rows": {
             name: {
                 "model": ROWS[name][0],
-                "passes": round(passes[name], 2),
-                "cpu_s_per_image": round(statistics.median(cpu[name]), 4),
-                "wall_s_per_image": round(statistics.median(wall[name]), 4),
-                f"cpu_vs_{base}": round(statistics.median(cpu[name]) / statistics.median(cpu[base]), 3),
-                f"wall_vs_{base}": round(statistics.median(wall[name]) / statistics.median(wall[base]), 3),
+                "passes": round(timed[name].result.mean_passes, 2),
+                "cpu_s_per_image": round(cpu[name], 4),
+                "wall_s_per_image": round(wall[name], 4),
+                f"cpu_vs_{base}": round(cpu[name] / cpu[base], 3),
+                f"wall_vs_{base}": round(wall[name] / wall[base], 3),
             }
             for name in pipes
         },

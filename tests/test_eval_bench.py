@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from argen.eval.bench import BenchConfig, bench_sampler, run_bench
+from argen.eval.bench import BenchConfig, bench_sampler, run_bench, side_by_side
 from argen.eval.plot import _speed, lookup, plot_quality_speed
 
 
@@ -93,3 +93,25 @@ def test_bench_with_a_dtype_reports_its_peak_and_mfu() -> None:
     res = run_bench(cfg, sample, {"flops_per_image": 1e8}, dtype=torch.float32)
     assert res["dtype"] == "fp32" and res["peak_flops_per_s"] > 1e8
     assert res["mfu"] == pytest.approx(res["achieved_flops_per_s"] / res["peak_flops_per_s"])
+
+
+def test_side_by_side_interleaves_and_separates_cpu_from_wall_time() -> None:
+    order: list[str] = []
+
+    def spin() -> str:
+        order.append("spin")
+        end = time.process_time() + 0.02
+        while time.process_time() < end:
+            pass
+        return "spun"
+
+    def sleep() -> int:
+        order.append("sleep")
+        time.sleep(0.02)
+        return len(order)
+
+    timed = side_by_side({"spin": spin, "sleep": sleep}, rounds=3)
+    assert order == ["spin", "sleep"] * 4  # one warm-up each, then alternating rounds
+    assert timed["spin"].result == "spun" and timed["sleep"].result == 8  # the last call's result
+    assert timed["spin"].cpu_s >= 0.02 and timed["sleep"].wall_s >= 0.02
+    assert timed["sleep"].cpu_s < 0.01  # sleeping costs wall-clock, not this process's CPU

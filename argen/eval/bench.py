@@ -103,6 +103,37 @@ def _time_call(fn: Callable[[], Any], device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
+@dataclass
+class SideBySide:
+    """One call's timing in `side_by_side`: median process CPU seconds and wall seconds per call, and what
+    its last call returned."""
+
+    cpu_s: float
+    wall_s: float
+    result: Any
+
+
+def side_by_side(calls: dict[str, Callable[[], Any]], rounds: int) -> dict[str, SideBySide]:
+    """Time several calls against each other on a shared, noisy machine: one untimed call each, then `rounds`
+    rounds that call each in turn, so load falls on all alike; medians. CPU time is this process's
+    (`time.process_time`): with one thread, the compute the call used whatever else the machine runs."""
+    for fn in calls.values():  # warm-up
+        fn()
+    cpu: dict[str, list[float]] = {name: [] for name in calls}
+    wall: dict[str, list[float]] = {name: [] for name in calls}
+    last: dict[str, Any] = {}
+    for _ in range(rounds):
+        for name, fn in calls.items():
+            w0, c0 = time.perf_counter(), time.process_time()
+            last[name] = fn()
+            cpu[name].append(time.process_time() - c0)
+            wall[name].append(time.perf_counter() - w0)
+    return {
+        name: SideBySide(statistics.median(cpu[name]), statistics.median(wall[name]), last[name])
+        for name in calls
+    }
+
+
 def bench_batch(
     sample_fn: Callable[[int], Any], batch_size: int, warmup: int, repeats: int, device: torch.device
 ) -> dict[str, Any]:
