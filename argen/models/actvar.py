@@ -301,7 +301,10 @@ class ActVAR(nn.Module):
             **ffn_kwargs,
         )
         recon_BLC = self.selectors[str(i)].reconstruct(h_BLC, mods.gamma1 + mods.gamma2)
-        return scatter_rows(x_BLC + recon_BLC, keep_Bn, x_BnC)
+        if torch.is_grad_enabled():
+            return scatter_rows(x_BLC + recon_BLC, keep_Bn, x_BnC)
+        # inference: the skipped rows' update and the kept rows' write reuse the adapter's buffer
+        return scatter_rows(recon_BLC.add_(x_BLC), keep_Bn, x_BnC, inplace=True)
 
     # -------------------------------------------------------------------------------- entry points
     def forward(

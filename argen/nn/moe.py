@@ -318,11 +318,16 @@ class MoEFFN(nn.Module):
         if all_on and not force_grouped:
             return self.fc2(gelu_tanh(self.fc1(x_NC)))
         x = x_NC.reshape(-1, x_NC.shape[-1])
-        tok_A, exp_A, weight_A, _ = self.route(x, k_N)
         backend = self.config.backend
         if backend == "auto":
             k_max = k_N if isinstance(k_N, int) else int(k_N.max())
             backend = "masked" if not grouped_pays(self.config, k_max, x.device) else "auto"
+        if backend == "masked" and isinstance(k_N, int) and not torch.is_grad_enabled():
+            # sampling (one k, weights exactly 1): the 0/1 gate straight from the top-k ids, no assignments
+            top_NK = torch.topk(self.router_logits(x), k_N, dim=1, sorted=True).indices
+            gate_NE = x.new_zeros(x.shape[0], num).scatter_(1, top_NK, 1.0)
+            return masked_expert_ffn(x, self.fc1, self.fc2, gate_NE).view(*lead, -1)
+        tok_A, exp_A, weight_A, _ = self.route(x, k_N)
         if backend == "masked":
             gate_NE = weight_A.new_zeros(x.shape[0], num).index_put((tok_A, exp_A), weight_A)
             y = masked_expert_ffn(x, self.fc1, self.fc2, gate_NE)
