@@ -195,3 +195,23 @@ def test_adaptive_schedule_flag_chooses_passes(files: dict, tmp_path: Path, caps
     assert rep["steps"] == 19 and rep["steps_max"] == 19
     fixed = _run(["flops", "--model", str(files["ear"]), "--schedule", "19"], capsys)
     assert rep["gflops"] > fixed["gflops"]
+
+
+def test_bench_against_times_two_models_side_by_side(files: dict, tmp_path: Path, capsys) -> None:
+    from argen.models.actvar import ActVAR, actvar_config
+
+    var = load_model(files["var"])
+    sparse = ActVAR.from_dense(var, actvar_config("debug", var=var.config, kmeans_iters=2)).eval()
+    actvar = save_model(sparse, tmp_path / "actvar")
+    args = _gen("bench", actvar, files["msvq"], against=files["var"], batch_sizes="1,2", repeats=1)
+    rep = _run([*args, "--out", str(tmp_path / "b.json")], capsys)
+    names = [str(actvar), str(files["var"])]
+    assert rep["compared"] == names and [r["batch_size"] for r in rep["per_batch"]] == [1, 2]
+    for row in rep["per_batch"]:
+        assert row["time_ratio"] == row[names[0]]["cpu_s"] / row[names[1]]["cpu_s"] > 0
+    gflops = rep["gflops_per_image"]
+    assert rep["flops_ratio"] == gflops[names[0]] / gflops[names[1]] < 1  # the debug budget saves FLOPs
+    assert json.loads((tmp_path / "b.json").read_text())["per_batch"] == rep["per_batch"]
+    with pytest.raises(SystemExit) as e:
+        main(_gen("bench", files["var"], files["msvq"], against=files["var"]))
+    assert e.value.code == 2 and "--against names the model itself" in capsys.readouterr().err

@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from argen.eval.bench import BenchConfig, bench_sampler, run_bench, side_by_side
+from argen.eval.bench import BenchConfig, bench_sampler, compare_samplers, run_bench, side_by_side
 from argen.eval.plot import _speed, lookup, plot_quality_speed
 
 
@@ -115,3 +115,24 @@ def test_side_by_side_interleaves_and_separates_cpu_from_wall_time() -> None:
     assert timed["spin"].result == "spun" and timed["sleep"].result == 8  # the last call's result
     assert timed["spin"].cpu_s >= 0.02 and timed["sleep"].wall_s >= 0.02
     assert timed["sleep"].cpu_s < 0.01  # sleeping costs wall-clock, not this process's CPU
+
+
+def test_compare_samplers_reports_the_cpu_time_ratio_per_batch() -> None:
+    def spin(seconds_per_image: float):
+        def sample(batch: int) -> int:
+            end = time.process_time() + seconds_per_image * batch
+            while time.process_time() < end:
+                pass
+            return batch
+
+        return sample
+
+    samplers = {"fast": spin(0.004), "slow": spin(0.008)}
+    res = compare_samplers(samplers, [1, 3], rounds=3, flops_per_image={"fast": 1.0, "slow": 4.0})
+    assert res["compared"] == ["fast", "slow"] and res["flops_ratio"] == 0.25
+    assert [row["batch_size"] for row in res["per_batch"]] == [1, 3]
+    for row in res["per_batch"]:
+        assert 0.4 < row["time_ratio"] < 0.65  # 0.5 up to timer granularity
+        assert row["slow"]["cpu_s"] >= 0.008 * row["batch_size"]
+    with pytest.raises(ValueError, match="exactly two"):
+        compare_samplers({"one": spin(0.001)}, [1], rounds=1)

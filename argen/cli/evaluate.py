@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
     from argen.eval.bench import BenchConfig, run_bench
 
+    if args.against:
+        return _bench_against(args)
     pipe = pipeline(args)
     cfg = BenchConfig(
         batch_sizes=tuple(args.batch_sizes),
@@ -65,6 +68,48 @@ def cmd_bench(args: argparse.Namespace) -> None:
         "sampling": to_dict(pipe.sampling),
     }
     print_json(run_bench(cfg, sample_fn, meta, dtype=next(pipe.model.parameters()).dtype))
+
+
+def _bench_against(args: argparse.Namespace) -> None:
+    """`argen bench --against OTHER`: the model and OTHER timed side by side, same sampling settings."""
+    import torch
+
+    from argen.device import dtype_name
+    from argen.eval.bench import compare_samplers
+    from argen.io import atomic_write_text
+
+    if args.against == args.model:
+        raise ValueError(
+            "--against names the model itself; give the model to compare with (e.g. its teacher)"
+        )
+    pipes = {
+        args.model: pipeline(args),
+        args.against: pipeline(argparse.Namespace(**{**vars(args), "model": args.against})),
+    }
+    for pipe in pipes.values():
+        pipe.cfg.batch_size = max(args.batch_sizes)
+        if pipe.cfg.adaptive is not None:
+            raise ValueError("--against times fixed schedules; adaptive EAR's passes depend on the samples")
+
+    def sampler(pipe: Any) -> Any:
+        return lambda batch: pipe.sample(torch.arange(batch) % pipe.num_classes).images
+
+    costs = {name: pipe.cost() for name, pipe in pipes.items()}
+    res = compare_samplers(
+        {name: sampler(pipe) for name, pipe in pipes.items()},
+        args.batch_sizes,
+        args.repeats,
+        {name: cost["gflops"] for name, cost in costs.items()},
+    )
+    res.update(
+        dtype={name: dtype_name(next(pipe.model.parameters()).dtype) for name, pipe in pipes.items()},
+        gflops_per_image={name: cost["gflops"] for name, cost in costs.items()},
+        sampling={name: to_dict(pipe.sampling) for name, pipe in pipes.items()},
+    )
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(args.out, json.dumps(res, indent=2) + "\n")
+    print_json(res)
 
 
 def cmd_flops(args: argparse.Namespace) -> None:
@@ -93,6 +138,12 @@ def add_evaluation(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=1, help="untimed runs per batch size")
     p.add_argument("--repeats", type=positive_int, default=3, help="timed runs per batch size (median)")
     p.add_argument("--name", help="label of this result in plots")
+    p.add_argument(
+        "--against",
+        metavar="MODEL",
+        help="time the model side by side with MODEL (e.g. ActVAR against its teacher): interleaved calls, "
+        "median process CPU time per batch size, their ratio and the FLOPs ratio",
+    )
     p.add_argument("--out", help="JSON output path")
     p.set_defaults(func=cmd_bench)
 

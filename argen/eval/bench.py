@@ -8,6 +8,7 @@ baseline, sampled every few milliseconds while the calls run (an estimate).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import statistics
@@ -132,6 +133,51 @@ def side_by_side(calls: dict[str, Callable[[], Any]], rounds: int) -> dict[str, 
         name: SideBySide(statistics.median(cpu[name]), statistics.median(wall[name]), last[name])
         for name in calls
     }
+
+
+def compare_samplers(
+    samplers: dict[str, Callable[[int], Any]],
+    batch_sizes: Sequence[int],
+    rounds: int,
+    flops_per_image: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """Two samplers timed against each other at each batch size (`side_by_side`: a warm-up, then `rounds`
+    rounds calling each in turn, medians), under inference mode: the ratio of the first to the second.
+
+    Args:
+        samplers: exactly two, `{name: sample_fn}` with `sample_fn(batch_size)` making that many images.
+        flops_per_image: analytic FLOPs per image by name; adds their ratio.
+    Returns:
+        {"compared": [first, second], "threads", "load_avg_1min": [before, after], "rounds", "per_batch":
+        [{"batch_size", first/second: {"cpu_s", "wall_s", "img_per_s"}, "time_ratio" (process CPU time,
+        first / second), "wall_ratio"}], and "flops_ratio" with `flops_per_image`}.
+    """
+    if len(samplers) != 2:
+        raise ValueError(f"compare_samplers needs exactly two samplers, got {len(samplers)}")
+    first, second = samplers
+    load_before = os.getloadavg()[0]
+    rows = []
+    for batch in batch_sizes:
+        with torch.inference_mode():
+            calls = {name: functools.partial(fn, batch) for name, fn in samplers.items()}
+            timed = side_by_side(calls, rounds)
+        row: dict[str, Any] = {"batch_size": batch}
+        for name, t in timed.items():
+            row[name] = {"cpu_s": t.cpu_s, "wall_s": t.wall_s, "img_per_s": batch / t.wall_s}
+        row["time_ratio"] = timed[first].cpu_s / timed[second].cpu_s
+        row["wall_ratio"] = timed[first].wall_s / timed[second].wall_s
+        rows.append(row)
+    out: dict[str, Any] = {
+        "compared": [first, second],
+        "time": "process CPU time (all threads) and wall-clock, medians of interleaved calls",
+        "threads": torch.get_num_threads(),
+        "load_avg_1min": [load_before, os.getloadavg()[0]],
+        "rounds": rounds,
+        "per_batch": rows,
+    }
+    if flops_per_image:
+        out["flops_ratio"] = flops_per_image[first] / flops_per_image[second]
+    return out
 
 
 def bench_batch(
