@@ -96,7 +96,7 @@ def _segment_ffn(
             y = gelu_tanh(h) @ w2_EMC[e]
             if not unit:
                 y = y * weight_A[start : start + count, None].to(y.dtype)
-            out_NC.index_add_(0, tok, y)
+            out_NC.index_add_(0, tok, y.to(out_NC.dtype))  # (autocast: bf16 rows into fp32)
         start += count
     return out_NC
 
