@@ -5,7 +5,7 @@
 # the ActVARs are distilled from the retrained VAR at the budgets of the earlier ones.
 # Two lanes, one thread each, for a 2-core machine:   bash scripts/train_fmnist.sh a & bash scripts/train_fmnist.sh b
 # then the other ActVAR budgets (they need lane a's VAR):  bash scripts/train_fmnist.sh c
-# and the main budget distilled longer:  bash scripts/train_fmnist.sh d
+# and the main budget distilled longer:  bash scripts/train_fmnist.sh d   (the tokens-only budget: e)
 # A finished step (its model file exists) is skipped; an interrupted one resumes from its last checkpoint.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,5 +37,8 @@ case "${1:-}" in
   d)  # the main budget distilled 4x longer (stage 2: 600 steps x 16 instead of 150 x 16)
     step runs/actvar2_long_fmnist/actvar.safetensors $A distill --config configs/actvar2_long_fmnist.json
     ;;
-  *) echo "usage: bash scripts/train_fmnist.sh a|b|c|d" >&2; exit 2 ;;
+  e)  # the CPU (tokens-only) budget distilled 4x longer, like d
+    step runs/actvar2_tokens_long_fmnist/actvar.safetensors $A distill --config configs/actvar2_tokens_long_fmnist.json
+    ;;
+  *) echo "usage: bash scripts/train_fmnist.sh a|b|c|d|e" >&2; exit 2 ;;
 esac
