@@ -195,7 +195,7 @@ class ActVAR(nn.Module):
         self.selectors = nn.ModuleDict(
             {str(i): TokenSelector(vc.dim, config.adapter_rank) for i in config.gated}
         )
-        self._segments: dict[tuple, _Segment] = {}  # `_segment` results: a sampling step reuses its scale's
+        self._segments: dict[tuple, _Segment] = {}  # `_segment`'s results, reused by every step of a scale
         self.init_weights()
 
     def init_weights(self) -> None:

@@ -50,7 +50,7 @@ def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     fp32 CPU inference computes it as x * sigmoid(2c (x + 0.044715 x^3)), the same function
     (0.5 (1 + tanh z) = sigmoid(2z)) within fp32 rounding (max abs difference 5e-7 on N(0, 4) inputs), in
     one buffer: at VAR's FFN sizes the activation is memory-bound, and five in-place passes over one new
-    tensor took 0.66-0.75 of torch's kernel's time on this project's AVX2 machine (and of the same formula
+    tensor took 0.5-0.75 of torch's kernel's time on this project's AVX2 machine (and of the same formula
     allocating a tensor per operation). Elsewhere (autograd, bf16, GPU) it is
     `F.gelu(x, approximate="tanh")`. `x` is never modified.
     """
