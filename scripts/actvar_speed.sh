@@ -25,6 +25,6 @@ if [ "${ONLY:-fmnist}" = fmnist ] || [ -z "${ONLY:-}" ]; then
 fi
 if [ "${ONLY:-d16}" = d16 ] || [ -z "${ONLY:-}" ]; then
   run d16_b1 --size d16 --batch 1 --repeats 3
-  run d16_b4 --size d16 --batch 4 --repeats 3 --no-profile
+  run d16_b4 --size d16 --batch 4 --repeats 5 --no-profile
   run d16_b16 --size d16 --batch 16 --repeats 3 --no-profile
 fi

@@ -39,7 +39,7 @@ def beyond(a: dict, b: dict) -> str:
 
 
 # ActVAR rows -> their side-by-side CPU-time comparison with the teacher (scripts/actvar_speed.sh, batch 16)
-SPEED = Path("results/cpu/actvar_speed/retrained")
+SPEED = Path("results/cpu/actvar_speed/s5")
 SPEED_FILES = {
     "actvar": "fmnist_main_b16",
     "actvar_fast": "fmnist_fast_b16",
