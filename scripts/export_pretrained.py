@@ -29,7 +29,7 @@ PROVENANCE = {
     "var_fmnist": ("configs/var2_fmnist.json", "var", "10 scales"),
     "actvar_fmnist": ("configs/actvar2_long_fmnist.json", "actvar", "10 scales"),
     "actvar_fast_fmnist": ("configs/actvar2_fast_fmnist.json", "actvar_fast", "10 scales"),
-    "actvar_tokens_fmnist": ("configs/actvar2_tokens_fmnist.json", "actvar_tokens", "10 scales"),
+    "actvar_tokens_fmnist": ("configs/actvar2_tokens_long_fmnist.json", "actvar_tokens", "10 scales"),
     "actvar_experts_fmnist": ("configs/actvar2_experts_fmnist.json", "actvar_experts", "10 scales"),
     "classifier_fmnist": ("scripts/train_classifier.py", None, ""),
 }
