@@ -22,6 +22,11 @@ if [ "${ONLY:-fmnist}" = fmnist ] || [ -z "${ONLY:-}" ]; then
   run fmnist_experts_b16 --sparse actvar_experts_fmnist --batch 16 --repeats 7 --no-profile
   run fmnist_fast_b16 --sparse actvar_fast_fmnist --batch 16 --repeats 7 --no-profile
   run fmnist_main_b16_bf16 --sparse actvar_fmnist --batch 16 --repeats 3 --dtype bf16 --no-profile
+  for m in actvar_fmnist actvar_tokens_fmnist; do  # end to end from the CLI (VQVAE decoding included)
+    echo "== bench --against: $m" >&2
+    "${ARGEN:-.venv/bin/argen}" --threads 1 bench --model "$m" --against var_fmnist --batch-sizes 1,16 \
+      --repeats 5 --out "$OUT/bench_against_$m.json" > /dev/null
+  done
 fi
 if [ "${ONLY:-d16}" = d16 ] || [ -z "${ONLY:-}" ]; then
   run d16_b1 --size d16 --batch 1 --repeats 3
