@@ -111,8 +111,9 @@ def test_unknown_variant_is_a_clear_error() -> None:
     assert sparse_ffn_class("moe") is MoEFFN
 
 
-@pytest.mark.parametrize("grad", [False, True])
-def test_masked_backend_equals_grouped(grad: bool) -> None:
+def _three_backends() -> tuple[dict[str, MoEFFN], torch.Tensor]:
+    """One FFN (width 32, 8 experts) under each grouped/masked backend with the same random router, and an
+    input of 37 tokens."""
     torch.manual_seed(0)
     fc1, fc2 = nn.Linear(32, 128), nn.Linear(128, 32)
     ffns = {b: MoEFFN.from_dense(fc1, fc2, 8, backend=b) for b in ("segment", "padded", "masked")}
@@ -120,7 +121,12 @@ def test_masked_backend_equals_grouped(grad: bool) -> None:
     for ffn in ffns.values():
         with torch.no_grad():
             ffn.router.weight.copy_(router)
-    x = torch.randn(37, 32)
+    return ffns, torch.randn(37, 32)
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_masked_backend_equals_grouped(grad: bool) -> None:
+    ffns, x = _three_backends()
     k = torch.randint(1, 9, (37,))
     with torch.set_grad_enabled(grad):
         outs = {b: ffn(x, k) for b, ffn in ffns.items()}
@@ -138,14 +144,7 @@ def test_masked_backend_equals_grouped(grad: bool) -> None:
 def test_backends_agree_at_one_k_per_token_and_under_bf16_autocast(grad: bool) -> None:
     """The sampling path (one int k; without grad the masked form builds its gate from the top-k ids) and
     bf16 autocast, where bf16 expert rows are added into the fp32 output."""
-    torch.manual_seed(0)
-    fc1, fc2 = nn.Linear(32, 128), nn.Linear(128, 32)
-    ffns = {b: MoEFFN.from_dense(fc1, fc2, 8, backend=b) for b in ("segment", "padded", "masked")}
-    router = torch.randn(8, 32)
-    for ffn in ffns.values():
-        with torch.no_grad():
-            ffn.router.weight.copy_(router)
-    x = torch.randn(37, 32)
+    ffns, x = _three_backends()
     with torch.set_grad_enabled(grad):
         outs = {b: ffn(x, 3) for b, ffn in ffns.items()}
         with torch.autocast("cpu", dtype=torch.bfloat16):
