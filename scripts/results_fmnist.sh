@@ -11,6 +11,7 @@
 # SEEDS="0" scores one seed. An existing eval report is kept (delete it to rerun).
 # The actvar row is the shipped actvar_fmnist (`bash scripts/train_fmnist.sh d`); the table's actvar_short row
 # (the same budget distilled 4x shorter, shipped before; git 74e7a9c) is not a shipped asset and not re-run here.
+# Likewise actvar_tokens (`bash scripts/train_fmnist.sh e`) and actvar_tokens_short (git d361845).
 # The earlier models' reports (first tokenizer pair) are in results/fmnist/earlier/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
