@@ -15,11 +15,11 @@ import argparse
 import json
 import os
 from functools import partial
-from pathlib import Path
 
 import torch
 
 from argen.eval.bench import side_by_side
+from argen.io import atomic_write_text
 from argen.sampling.pipeline import GenerateConfig, Pipeline
 
 # row -> (shipped model, EAR schedule or None)
@@ -78,8 +78,7 @@ def main() -> None:
             for name in pipes
         },
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")  # (makes the folder)
     print(json.dumps(report, indent=2))
 
 

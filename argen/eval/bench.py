@@ -16,7 +16,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -267,6 +266,5 @@ def run_bench(
         meta["peak_flops_per_s"] = measure_peak(device, [name])["dtypes"][name]["peak_flops_per_s"]
     res = bench_sampler(sample_fn, cfg.batch_sizes, cfg.warmup, cfg.repeats, device, meta)
     if cfg.out is not None:
-        Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(cfg.out, json.dumps(res, indent=2) + "\n")
+        atomic_write_text(cfg.out, json.dumps(res, indent=2) + "\n")  # (makes the folder)
     return res
