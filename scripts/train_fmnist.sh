@@ -40,5 +40,13 @@ case "${1:-}" in
   e)  # the CPU (tokens-only) budget distilled 4x longer, like d
     step runs/actvar2_tokens_long_fmnist/actvar.safetensors $A distill --config configs/actvar2_tokens_long_fmnist.json
     ;;
-  *) echo "usage: bash scripts/train_fmnist.sh a|b|c|d|e" >&2; exit 2 ;;
+  f)  # fair comparison (issue 27), lane 1: EAR-31, then any-schedule EAR forked at 48k images (+12k)
+    step runs/ear3_fmnist/model.safetensors $A train gpt --config configs/ear3_fmnist.json
+    step runs/ear_any3_fmnist/model.safetensors $A train gpt --config configs/ear_any3_fmnist.json
+    ;;
+  g)  # fair comparison (issue 27), lane 2: raster without and with adaLN, same 4 x 128 backbone
+    step runs/raster3_fmnist/model.safetensors $A train gpt --config configs/raster3_fmnist.json
+    step runs/raster_adaln3_fmnist/model.safetensors $A train gpt --config configs/raster_adaln3_fmnist.json
+    ;;
+  *) echo "usage: bash scripts/train_fmnist.sh a|b|c|d|e|f|g" >&2; exit 2 ;;
 esac
