@@ -1,12 +1,14 @@
-"""This machine's own matmul peak (fp32 and bf16, at the current thread count) and bf16 detection.
+"""This machine's own matmul peak (fp32 and bf16, at the current thread count) and the `auto` dtype.
 
 `measure_peak` times `F.linear` (x @ W^T, the layout every nn.Linear runs; on a CPU without bf16 units a
 bf16 `a @ b` with a row-major b measured 15x slower than this) over a few shapes per dtype, the median of
 the timed calls per shape, and reports the best shape's FLOP/s as the peak: the denominator of the model
-FLOP/s utilisation (MFU) every bench report states. `bf16_is_fast` decides whether bf16 is worth using on
-a device: on CUDA the GPU must have native bf16 (compute capability >= 8.0); on CPU oneDNN must report bf16
-support *and* a short timed probe must show bf16 matmuls beating fp32 (CPUs without AVX512-BF16/AMX
-emulate bf16, far slower than fp32).
+FLOP/s utilisation (MFU) every bench report states.
+
+`auto_dtype` decides from what the device *has*, never from a timing, so the same command on the same
+machine runs the same code whatever the load: bf16 on a CUDA GPU with native bf16 (compute capability
+>= 8.0) and on a CPU with bf16 matrix units (AMX-BF16 or AVX512-BF16); fp32 elsewhere (AVX2-only CPUs
+emulate bf16 several times slower than fp32).
 """
 
 from __future__ import annotations
@@ -30,8 +32,6 @@ SHAPES: tuple[tuple[int, int, int], ...] = (
     (1024, 1024, 1024),
     (4096, 384, 1536),
 )
-PROBE_SHAPE = (512, 512, 512)
-BF16_MIN_SPEEDUP = 1.2  # bf16 must beat fp32 matmuls by this factor to be chosen by "auto"
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -80,12 +80,12 @@ def measure_peak(
     """Peak matmul FLOP/s per dtype on `device` at the current torch thread count.
 
     Returns:
-        {"device", "torch", "threads", "dtypes": {name: {"peak_flops_per_s", "per_shape": [{"shape",
-        "flops_per_s"}]}}, "bf16_over_fp32" (when both were measured)}.
+        {**hardware(device), "torch", "auto_dtype", "dtypes": {name: {"peak_flops_per_s", "per_shape":
+        [{"shape", "flops_per_s"}]}}, "bf16_over_fp32" (when both were measured)}.
     """
     device = torch.device(device)
-    out: dict[str, Any] = {"device": device_name(device), "torch": torch.__version__}
-    out["threads"] = torch.get_num_threads()
+    out: dict[str, Any] = {**hardware(device), "torch": torch.__version__}
+    out["auto_dtype"] = dtype_name(auto_dtype(device))
     out["dtypes"] = {}
     for name in dtypes:
         if name not in DTYPES:
@@ -104,31 +104,79 @@ def measure_peak(
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{device.type} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    return f"{device.type} ({cpu_model()}, {os.cpu_count()} cores)"
+
+
+# CPU features that execute bf16 matmuls natively (Linux /proc/cpuinfo flag names)
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
 @functools.cache
-def _bf16_is_fast(device_type: str, index: int | None, threads: int) -> bool:
-    if device_type == "cuda":
-        return torch.cuda.get_device_capability(index)[0] >= 8
-    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return False
-    fp32 = matmul_flops_per_s(PROBE_SHAPE, torch.float32, "cpu", repeats=3, budget_s=0.2)
-    bf16 = matmul_flops_per_s(PROBE_SHAPE, torch.bfloat16, "cpu", repeats=3, budget_s=0.2)
-    return bf16 >= BF16_MIN_SPEEDUP * fp32
+def cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags (Linux /proc/cpuinfo; torch's own probes elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            line = next((ln for ln in f if ln.startswith("flags")), "")
+        if line:
+            return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    probes = {"amx_bf16": "_is_amx_tile_supported", "avx512_bf16": "_is_avx512_bf16_supported"}
+    return frozenset(flag for flag, fn in probes.items() if getattr(torch.cpu, fn, lambda: False)())
+
+
+@functools.cache
+def cpu_model() -> str:
+    """The CPU's model name (what `lscpu` prints), or the platform's processor string."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            line = next((ln for ln in f if ln.startswith("model name")), "")
+        if line:
+            return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def bf16_units(device: torch.device | str = "cpu") -> str | None:
+    """The hardware that runs bf16 matmuls natively on `device`: "amx_bf16" / "avx512_bf16" on CPU,
+    "sm_XY" on CUDA (compute capability >= 8.0), or None where bf16 would be emulated."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        return f"sm_{major}{minor}" if major >= 8 else None
+    if device.type == "cpu":
+        return next((f for f in BF16_CPU_FLAGS if f in cpu_flags()), None)
+    return None
 
 
 def bf16_is_fast(device: torch.device | str = "cpu") -> bool:
-    """Whether `device` has bf16 matrix support that beats fp32 (detected and probed once per process and
-    thread count, ~0.1 s on CPU)."""
+    """Whether `device` has native bf16 matmul units (see `bf16_units`); deterministic, no timing."""
+    return bf16_units(device) is not None
+
+
+def auto_dtype(device: torch.device | str = "cpu") -> torch.dtype:
+    """The dtype `auto` means on `device`: bf16 where it has bf16 units, else fp32."""
+    return torch.bfloat16 if bf16_is_fast(device) else torch.float32
+
+
+def hardware(device: torch.device | str = "cpu") -> dict[str, Any]:
+    """What a report needs to say about the machine: device, CPU model, threads, bf16 units, load."""
     device = torch.device(device)
-    return _bf16_is_fast(device.type, device.index, torch.get_num_threads())
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    return {
+        "device": device_name(device),
+        "cpu_model": cpu_model(),
+        "threads": torch.get_num_threads(),
+        "bf16_units": bf16_units(device),
+        "load_avg_1min": load,
+    }
 
 
 def resolve_dtype(name: str, device: torch.device | str = "cpu") -> torch.dtype:
-    """ "auto" -> bf16 where `bf16_is_fast(device)`, else fp32; "bf16" / "fp32" as given."""
+    """ "auto" -> `auto_dtype(device)`; "bf16" / "fp32" as given."""
     if name == "auto":
-        return torch.bfloat16 if bf16_is_fast(device) else torch.float32
+        return auto_dtype(device)
     if name not in DTYPES:
         raise ValueError(f"dtype must be auto, bf16 or fp32, got {name!r}")
     return DTYPES[name]

@@ -14,7 +14,8 @@ import copy
 import pytest
 import torch
 
-from argen.device import bf16_is_fast, dtype_name, measure_peak, resolve_dtype
+import argen.device as device_mod
+from argen.device import bf16_units, dtype_name, measure_peak, resolve_dtype
 from argen.models.checkpoints import load_model
 from argen.sampling.ar import GenerationProcess
 from argen.sampling.families import GPTFamily
@@ -93,7 +94,7 @@ def test_sampling_runs_in_bf16(model: str, tokenizer: str) -> None:
     assert float((img16 - img32).abs().mean()) < 0.2
 
 
-def test_peak_measures_both_dtypes_and_auto_follows_detection() -> None:
+def test_peak_measures_both_dtypes_and_reports_the_hardware() -> None:
     res = measure_peak("cpu", shapes=[(64, 64, 64)], repeats=2)
     assert res["threads"] == torch.get_num_threads() == 1
     for name in ("fp32", "bf16"):
@@ -101,12 +102,42 @@ def test_peak_measures_both_dtypes_and_auto_follows_detection() -> None:
     assert res["bf16_over_fp32"] == pytest.approx(
         res["dtypes"]["bf16"]["peak_flops_per_s"] / res["dtypes"]["fp32"]["peak_flops_per_s"]
     )
-    auto = resolve_dtype("auto", "cpu")
-    assert auto == (torch.bfloat16 if bf16_is_fast("cpu") else torch.float32)
-    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        assert auto == torch.float32  # no bf16 units: never chosen
+    assert res["auto_dtype"] == dtype_name(resolve_dtype("auto", "cpu"))
+    assert res["cpu_model"] and "load_avg_1min" in res and res["bf16_units"] == bf16_units("cpu")
     assert resolve_dtype("bf16") == torch.bfloat16 and dtype_name(torch.float32) == "fp32"
     with pytest.raises(ValueError, match="auto, bf16 or fp32"):
         resolve_dtype("fp16")
     with pytest.raises(ValueError, match="auto, bf16 or fp32"):
         GenerateConfig(model="ear_fmnist", dtype="half")
+
+
+# flags of the three CPU kinds seen under our machines (abridged /proc/cpuinfo)
+CPU_KINDS = {
+    "epyc_avx2": ("avx", "avx2", "fma"),
+    "epyc_zen4": ("avx2", "avx512f", "avx512bw", "avx512_bf16"),
+    "xeon_amx": ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"),
+}
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"), [("epyc_avx2", "fp32"), ("epyc_zen4", "bf16"), ("xeon_amx", "bf16")]
+)
+def test_auto_dtype_follows_cpu_capability(monkeypatch: pytest.MonkeyPatch, kind: str, expected: str) -> None:
+    """`auto` is decided from the CPU's flags alone: the same answer on every call, whatever the load."""
+    monkeypatch.setattr(device_mod, "cpu_flags", lambda: frozenset(CPU_KINDS[kind]))
+    assert {dtype_name(resolve_dtype("auto", "cpu")) for _ in range(3)} == {expected}
+    assert bf16_units("cpu") == {"epyc_avx2": None, "epyc_zen4": "avx512_bf16", "xeon_amx": "amx_bf16"}[kind]
+    from argen.config import TrainConfig
+    from argen.training.loop import resolve_precision
+
+    cfg = resolve_precision(TrainConfig(precision="auto"), torch.device("cpu"))
+    assert cfg.precision == expected
+
+
+@pytest.mark.parametrize(("capability", "expected"), [((7, 5), "fp32"), ((8, 0), "bf16"), ((9, 0), "bf16")])
+def test_auto_dtype_follows_cuda_capability(
+    monkeypatch: pytest.MonkeyPatch, capability: tuple[int, int], expected: str
+) -> None:
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert dtype_name(resolve_dtype("auto", "cuda:0")) == expected
+    assert bf16_units("cuda:0") == (None if expected == "fp32" else f"sm_{capability[0]}{capability[1]}")

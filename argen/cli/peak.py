@@ -10,12 +10,11 @@ from argen.cli.common import device, positive_int, print_json
 def cmd_peak(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from argen.device import bf16_is_fast, measure_peak
+    from argen.device import measure_peak
     from argen.distributed import resolve_device
 
     dev = resolve_device(args.device)
     res = measure_peak(dev, args.dtypes.split(","), repeats=args.repeats)
-    res["auto_dtype"] = "bf16" if bf16_is_fast(dev) else "fp32"
     if args.out:
         import json
 
