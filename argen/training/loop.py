@@ -325,8 +325,9 @@ def train(cfg: TrainConfig, resume: bool | str | None = None) -> Path:
 
 
 def resolve_precision(cfg: TrainConfig, device: torch.device) -> TrainConfig:
-    """precision "auto" -> "bf16" (autocast; fp32 master weights and optimizer state) where the device has bf16
-    units (`argen.device.bf16_is_fast`: AMX/AVX512-BF16 CPUs, CUDA sm_80+), else "fp32"; the run records it."""
+    """precision "auto" -> "bf16" (autocast; fp32 master weights and optimizer state) where the device has
+    bf16 units (`argen.device.bf16_is_fast`: AMX/AVX512-BF16 CPUs, CUDA sm_80+), else "fp32"; the run
+    records what it used."""
     if cfg.precision != "auto":
         return cfg
     return replace(cfg, precision="bf16" if bf16_is_fast(device) else "fp32")
