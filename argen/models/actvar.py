@@ -24,7 +24,7 @@ from torch import nn
 from argen.model_io import load_strict, register
 from argen.models.var import PRESETS as VAR_PRESETS
 from argen.models.var import VAR, VARConfig
-from argen.nn.layers import Mods, scatter_rows
+from argen.nn.layers import Mods, scatter_rows, to_weight_dtype
 from argen.nn.masks import group_mask
 from argen.nn.moe import MoEConfig, fp32_linear, sparse_ffn_class
 
@@ -341,7 +341,7 @@ class ActVAR(nn.Module):
         x_BLC = torch.cat(
             (
                 var.first_scale_input(cond_BD, lvl_pos_1LC),
-                var.word_embed(var_input_BLCv.to(var.word_embed.weight.dtype))
+                var.word_embed(to_weight_dtype(var_input_BLCv, var.word_embed))
                 + lvl_pos_1LC[:, vc.scale_sizes[0] : length],
             ),
             1,

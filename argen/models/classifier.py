@@ -16,6 +16,7 @@ from torch import nn
 
 from argen.config import from_dict
 from argen.model_io import register
+from argen.nn.layers import to_weight_dtype
 
 
 @dataclass
@@ -78,8 +79,8 @@ class Classifier(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def embed(self, x_BCHW: torch.Tensor) -> torch.Tensor:
-        """Penultimate features (B, F) of images in [-1, 1]."""
-        return F.relu(self.fc(self.features(x_BCHW).mean(dim=(2, 3))))
+        """Penultimate features (B, F) of images in [-1, 1], any float dtype."""
+        return F.relu(self.fc(self.features(to_weight_dtype(x_BCHW, self)).mean(dim=(2, 3))))
 
     def forward(self, x_BCHW: torch.Tensor) -> torch.Tensor:
         """Logits (B, K) of images (B, C, H, W) in [-1, 1] (the training data range)."""

@@ -21,7 +21,7 @@ from argen.models.checkpoints import load_model
 from argen.models.var_blocks import AdaLNBeforeHead, AdaLNBlock
 from argen.nn.attention import ChunkedMask, chunk_mask
 from argen.nn.kv_cache import kv_caches
-from argen.nn.layers import Mods
+from argen.nn.layers import Mods, to_weight_dtype
 from argen.nn.masks import group_mask, groups_from_sizes
 
 # Buffers of the official state dict that argen derives from the config (accepted, never required).
@@ -218,7 +218,7 @@ class VAR(nn.Module):
     def next_scale_input(self, si: int, next_BlCv: torch.Tensor, lvl_pos_1LC: torch.Tensor) -> torch.Tensor:
         """(B, l, C) input of scale `si` (>= 1) from the VQVAE's (B, l, Cv) downsampled f_hat."""
         begin, end = self.config.scale_bounds[si]
-        return self.word_embed(next_BlCv) + lvl_pos_1LC[:, begin:end]
+        return self.word_embed(to_weight_dtype(next_BlCv, self.word_embed)) + lvl_pos_1LC[:, begin:end]
 
     def logits(self, x_BLC: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
         """(B, L, C) hidden states -> (B, L, V) logits (float32)."""
@@ -245,7 +245,7 @@ class VAR(nn.Module):
             )
         cond_BD = self.class_emb(labels_B)
         sos_BlC = cond_BD[:, None].expand(-1, cfg.scale_sizes[0], -1) + self.pos_start
-        x_BLC = torch.cat((sos_BlC, self.word_embed(var_input_BLCv.to(self.word_embed.weight.dtype))), dim=1)
+        x_BLC = torch.cat((sos_BlC, self.word_embed(to_weight_dtype(var_input_BLCv, self.word_embed))), dim=1)
         x_BLC = x_BLC + self.lvl_pos()[:, :length]
         mask_LL = _teacher_forcing_mask(cfg.scale_sizes, length, str(x_BLC.device))
         for block, mods in zip(self.blocks, self.block_mods(cond_BD), strict=True):

@@ -13,6 +13,13 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def to_weight_dtype(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
+    """`x` cast to the dtype of `module`'s weights: what every model does to the floats that come in at its
+    boundary (images, latents), so a bf16 model takes fp32 inputs and the other way round. Under autocast
+    the weights stay fp32 and this is a no-op."""
+    return x.to(next(module.parameters()).dtype)
+
+
 def swiglu_hidden(dim: int, multiple_of: int = 256) -> int:
     """LlamaGen's SwiGLU width: int(2 * 4d / 3) rounded up to a multiple of `multiple_of`."""
     hidden = int(2 * (4 * dim) / 3)

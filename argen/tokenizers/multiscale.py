@@ -14,6 +14,7 @@ from torch import nn
 
 from argen.config import from_dict, to_dict
 from argen.model_io import load_strict, read_official, register
+from argen.nn.layers import to_weight_dtype
 from argen.tokenizers.quantizer import ResidualQuantizer, ResidualQuantizerConfig
 from argen.tokenizers.vqgan import ConvNetConfig, Decoder, Encoder, init_conv_net
 
@@ -144,8 +145,8 @@ class MultiScaleVQVAE(nn.Module):
         return self.config.patch_nums[-1]
 
     def encode_latent(self, img_BCHW: torch.Tensor) -> torch.Tensor:
-        """Images in [-1, 1] -> continuous latents f (B, Cvae, h, w)."""
-        return self.quant_conv(self.encoder(img_BCHW))
+        """Images in [-1, 1], any float dtype -> continuous latents f (B, Cvae, h, w)."""
+        return self.quant_conv(self.encoder(to_weight_dtype(img_BCHW, self)))
 
     @torch.no_grad()
     def img_to_idxBl(self, img_BCHW: torch.Tensor) -> list[torch.Tensor]:
@@ -157,8 +158,8 @@ class MultiScaleVQVAE(nn.Module):
         return self.quantize.idxBl_to_var_input(idx_Bl)
 
     def fhat_to_img(self, f_hat_BChw: torch.Tensor) -> torch.Tensor:
-        """Accumulated latent f_hat (B, Cvae, h, w) -> images (B, C, H, W) in [-1, 1]."""
-        return self.decoder(self.post_quant_conv(f_hat_BChw)).clamp(-1, 1)
+        """Accumulated latent f_hat (B, Cvae, h, w), any float dtype -> images (B, C, H, W) in [-1, 1]."""
+        return self.decoder(self.post_quant_conv(to_weight_dtype(f_hat_BChw, self))).clamp(-1, 1)
 
     def idxBl_to_img(self, idx_Bl: list[torch.Tensor]) -> torch.Tensor:
         """Per-scale codes (all scales) -> images (B, C, H, W) in [-1, 1] (decode of the final f_hat)."""

@@ -16,6 +16,7 @@ from torch import nn
 from argen.config import from_dict, to_dict
 from argen.model_io import load_strict, read_official, register
 from argen.nn.attention import attention
+from argen.nn.layers import to_weight_dtype
 from argen.tokenizers.quantizer import VectorQuantizer, VectorQuantizerConfig
 
 
@@ -346,8 +347,8 @@ class VQModel(nn.Module):
         return image_size // self.downsample
 
     def encode_latent(self, img_BCHW: torch.Tensor) -> torch.Tensor:
-        """Pre-quantization latents (B, D, h, w)."""
-        return self.quant_conv(self.encoder(img_BCHW))
+        """Pre-quantization latents (B, D, h, w) of images in any float dtype."""
+        return self.quant_conv(self.encoder(to_weight_dtype(img_BCHW, self)))
 
     @torch.no_grad()
     def encode(self, img_BCHW: torch.Tensor) -> torch.Tensor:
@@ -355,7 +356,8 @@ class VQModel(nn.Module):
         return self.quantize.nearest(self.encode_latent(img_BCHW))
 
     def decode_latent(self, zq_BDhw: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.post_quant_conv(zq_BDhw))
+        """Quantized latents (B, D, h, w), any float dtype -> images (B, C, H, W) in the weights' dtype."""
+        return self.decoder(self.post_quant_conv(to_weight_dtype(zq_BDhw, self)))
 
     def decode_codes(self, idx_Bhw: torch.Tensor) -> torch.Tensor:
         """Codes (B, h, w) -> images (B, C, H, W) clamped to [-1, 1]."""
