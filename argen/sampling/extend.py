@@ -35,11 +35,16 @@ def centre_box(order: Any, k: int) -> tuple[int, int]:
 def extension_canvas(model: nn.Module, centre: int, canvas: int | None) -> int:
     """The canvas side G (None = the model's grid: inpainting), after checking that `model` can run it."""
     if getattr(model.config, "order", None) != "spiral":
-        raise ValueError("extension needs a spiral (EAR) GPT model")
+        raise ValueError("extension needs an EAR (spiral-order) model such as ear_fmnist")
     n = model.config.grid
     canvas = canvas or n
     if not centre <= n <= canvas:
-        raise ValueError(f"need centre ({centre}) <= model grid ({n}) <= canvas ({canvas})")
+        raise ValueError(f"need kept centre ({centre}) <= model grid ({n}) <= canvas ({canvas}), in tokens")
+    if centre == canvas:
+        raise ValueError(
+            f"the kept centre ({centre} tokens) fills the whole canvas ({canvas}): nothing is left to "
+            "generate; keep a smaller centre or take a larger canvas"
+        )
     return canvas
 
 

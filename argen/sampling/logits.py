@@ -37,8 +37,11 @@ class SamplingConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        # `not` of a range test also refuses nan; these are the checks every front end (CLI, app, server) hits
+        if not 0 <= self.cfg_scale < float("inf"):
+            raise ValueError(f"the guidance scale (CFG) must be >= 0 (1 = off), got {self.cfg_scale}")
+        if not 0 < self.temperature < float("inf"):
+            raise ValueError(f"temperature must be a number > 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
