@@ -15,8 +15,9 @@ from typing import Any
 
 import torch
 
-from argen.apps.extend import ExtendConfig, extend_images
+from argen.apps.extend import extend_images
 from argen.apps.reconstruct import ReconstructConfig, reconstruction_report
+from argen.device import dtype_name, resolve_dtype
 from argen.io import atomic_write, atomic_write_text
 from argen.model_io import ASSETS
 
@@ -33,13 +34,18 @@ GENERATORS: dict[str, tuple[str, str, dict[str, Any]]] = {
 @dataclass
 class DemoConfig:
     """out: output folder. per_class: samples per class in each grid. train_seconds: tokenizer training
-    budget when no tokenizer is shipped. assets: folder of shipped models."""
+    budget when no tokenizer is shipped. assets: folder of shipped models. dtype: of every model run
+    ("auto": bf16 where the CPU has bf16 units); tokenizer training uses it as its precision."""
 
     out: str = "out/demo"
     per_class: int = 4
     train_seconds: float = 40.0
     assets: str = str(ASSETS)
     seed: int = 0
+    dtype: str = "auto"
+
+    def __post_init__(self) -> None:
+        resolve_dtype(self.dtype)  # a bad name fails here, before any work
 
 
 def _asset(cfg: DemoConfig, name: str) -> Path | None:
@@ -52,10 +58,10 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    summary: dict[str, Any] = {"out": str(out)}
+    summary: dict[str, Any] = {"out": str(out), "dtype": dtype_name(resolve_dtype(cfg.dtype))}
     t0 = time.perf_counter()
     tokenizer = _asset(cfg, "vq2_fmnist") or _train_tokenizer(cfg, out, summary)
-    recon = ReconstructConfig(str(tokenizer), n=500, out=str(out), fid=False)
+    recon = ReconstructConfig(str(tokenizer), n=500, out=str(out), fid=False, dtype=cfg.dtype)
     summary["reconstruction"] = reconstruction_report(recon)
     summary["generators"] = _generator_grids(cfg, out)
     if summary["generators"]:
@@ -89,6 +95,7 @@ def _train_tokenizer(cfg: DemoConfig, out: Path, summary: dict[str, Any]) -> Pat
             "ckpt_every": steps,
             "log_every": 10,
             "seed": cfg.seed,
+            "precision": cfg.dtype,
             "optim": {"lr": 1e-3, "warmup_steps": 10, "weight_decay": 0.0},
         },
     )
@@ -108,7 +115,9 @@ def _generator_grids(cfg: DemoConfig, out: Path) -> list[dict[str, Any]]:
         if model is None or tok is None:
             continue
         pipe = Pipeline.load(
-            GenerateConfig(model=str(model), tokenizer=str(tok), device="cpu", batch_size=64, **extra)
+            GenerateConfig(
+                model=str(model), tokenizer=str(tok), device="cpu", batch_size=64, dtype=cfg.dtype, **extra
+            )
         )
         labels = torch.arange(pipe.num_classes).repeat_interleave(cfg.per_class)
         samples = pipe.sample(labels, seed=cfg.seed)  # timed: sampling and decoding, no animation frames
@@ -154,12 +163,14 @@ def _side_by_side(rows: list[dict[str, Any]], path: Path) -> Path:
 
 
 def _extension(cfg: DemoConfig, out: Path) -> dict[str, Any]:
-    ecfg = ExtendConfig(
+    from argen.sampling.pipeline import GenerateConfig
+    from argen.sampling.requests import ExtendRequest
+
+    generate = GenerateConfig(
         model=str(_asset(cfg, "ear_fmnist")),
         tokenizer=str(_asset(cfg, "vq2_fmnist")),
-        centre=8,
-        canvas=20,
+        sampling={"seed": cfg.seed},
         device="cpu",
-        seed=cfg.seed,
+        dtype=cfg.dtype,
     )
-    return extend_images(ecfg, out)
+    return extend_images(ExtendRequest(generate, centre=8, canvas=20), out)

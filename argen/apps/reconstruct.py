@@ -18,6 +18,7 @@ import torch
 
 from argen.config import DataConfig
 from argen.data import build_image_dataset
+from argen.device import dtype_name, resolve_dtype
 from argen.eval.evaluate import EvalConfig, evaluate
 from argen.eval.inception import to_uint8
 from argen.io import atomic_write_text
@@ -32,6 +33,8 @@ class ReconstructConfig:
     out: folder of `reconstructions.png`; `show` images in it. fid: score the reconstructions with `scoring`
     (Inception features run at a few images per second on a CPU; False = PSNR, usage and perplexity only).
     scoring: `argen eval`'s settings (features, reference, floor, device; `scoring.out` = JSON report path).
+    dtype: the tokenizer's dtype, "auto" (bf16 where the device has bf16 units), "bf16" or "fp32"; the
+        Inception scoring stays fp32.
     """
 
     tokenizer: str
@@ -42,8 +45,10 @@ class ReconstructConfig:
     fid: bool = True
     batch_size: int = 64
     scoring: EvalConfig = field(default_factory=EvalConfig)
+    dtype: str = "auto"
 
     def __post_init__(self) -> None:
+        resolve_dtype(self.dtype)  # a bad name fails here, before any work
         if self.n < 1 or self.show < 0:
             raise ValueError(f"n must be >= 1 and show >= 0, got n={self.n}, show={self.show}")
 
@@ -58,6 +63,7 @@ def reconstruction_report(cfg: ReconstructConfig) -> dict[str, Any]:
         on the reconstructions.
     """
     model = load_model(cfg.tokenizer, device=cfg.scoring.device, expect=("vq", "msvq"))
+    model = model.to(resolve_dtype(cfg.dtype, next(model.parameters()).device))
     data = build_image_dataset(DataConfig(split=cfg.split))
     tally = ReconstructionTally(model.config.vocab_size)
     recs, labels, originals = [], [], []
@@ -68,10 +74,9 @@ def reconstruction_report(cfg: ReconstructConfig) -> dict[str, Any]:
         labels.append(label)
         if sum(map(len, originals)) < cfg.show:
             originals.append(img.add(1).div(2).float().cpu())
-    recs_u8, report = (
-        torch.cat(recs),
-        {"tokenizer": str(cfg.tokenizer), "split": cfg.split, **tally.metrics()},
-    )
+    dtype = dtype_name(next(model.parameters()).dtype)
+    recs_u8 = torch.cat(recs)
+    report = {"tokenizer": str(cfg.tokenizer), "split": cfg.split, "dtype": dtype, **tally.metrics()}
     if cfg.show:
         show = min(cfg.show, len(recs_u8))
         grid = torch.cat([torch.cat(originals)[:show], recs_u8[:show].float() / 255])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from argen.cli.common import config_flags, positive_int, print_json
+from argen.cli.common import config_flags, dtype_flag, positive_int, print_json
 from argen.config import from_dict, load_config
 
 
@@ -33,7 +33,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
 
     scoring = load_config(EvalConfig, args.config, args.set)
     cfg = ReconstructConfig(
-        args.tokenizer, args.n, args.split, args.out, fid=not args.no_fid, scoring=scoring
+        args.tokenizer, args.n, args.split, args.out, fid=not args.no_fid, scoring=scoring, dtype=args.dtype
     )
     print_json(reconstruction_report(cfg))
 
@@ -41,9 +41,10 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from argen.apps.demo import DemoConfig, run_demo
 
-    cfg = from_dict(
-        DemoConfig, {"out": args.out, **({"train_seconds": args.train_seconds} if args.train_seconds else {})}
-    )
+    fields = {"out": args.out, "dtype": args.dtype}
+    if args.train_seconds:
+        fields["train_seconds"] = args.train_seconds
+    cfg = from_dict(DemoConfig, fields)
     print_json(run_demo(cfg))
 
 
@@ -77,9 +78,11 @@ def add_models(sub: argparse._SubParsersAction) -> None:
         help="PSNR, usage and perplexity only (skips the slow Inception part)",
     )
     config_flags(p)  # argen eval's settings: --set out=report.json writes the JSON report
+    dtype_flag(p, "tokenizer dtype (Inception scoring stays fp32)")
     p.set_defaults(func=cmd_reconstruct)
 
     p = sub.add_parser("demo", help="the README's demo: run everything small on a CPU")
     p.add_argument("--out", default="out/demo", help="output folder")
     p.add_argument("--train-seconds", type=float, help="tokenizer training time when no model is shipped")
+    dtype_flag(p, "dtype of every model the demo runs")
     p.set_defaults(func=cmd_demo)
