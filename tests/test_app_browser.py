@@ -1,4 +1,5 @@
-"""`argen app` in a real headless browser: the page generates an image, and a bad input shows an error.
+"""`argen app` in a real headless browser: each tab runs, and a bad input shows its message in place of the
+result (the earlier pictures gone).
 
 Needs the app extra and a browser (`make setup-app`: gradio, selenium, Debian's chromium + chromium-driver);
 skipped where they are missing. ARGEN_APP_SCREENSHOT=FILE also saves a screenshot of the page after the
@@ -8,6 +9,7 @@ generation (how docs/app/app.png was made).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -94,7 +96,33 @@ def _image_loaded(driver: webdriver.Chrome, css: str) -> bool:
     )
 
 
-def test_page_generates_an_image_and_shows_errors(app_url: str, browser: webdriver.Chrome) -> None:
+def _text(driver: webdriver.Chrome, css: str) -> str:
+    return driver.find_element(By.CSS_SELECTOR, css).text
+
+
+def _type(driver: webdriver.Chrome, css: str, text: str) -> None:
+    box = driver.find_element(By.CSS_SELECTOR, f"{css} textarea, {css} input")
+    box.clear()
+    box.send_keys(text)
+
+
+def _refused(driver: webdriver.Chrome, text_css: str, message: str, images: tuple[str, ...]) -> None:
+    """The message replaced the result text, the earlier pictures are gone, and nothing is a traceback."""
+    WebDriverWait(driver, REQUEST_S).until(lambda d: message in _text(d, text_css))
+    assert _text(driver, text_css).startswith("Error: ")
+    assert not any(_image_loaded(driver, css) for css in images)
+    assert "Traceback" not in driver.find_element(By.TAG_NAME, "body").text
+
+
+def _open(driver: webdriver.Chrome, url: str, tab: str) -> WebDriverWait:
+    driver.get(url)
+    wait = WebDriverWait(driver, REQUEST_S)
+    wait.until(lambda d: d.find_element(By.ID, "generate"))
+    driver.find_element(By.XPATH, f"//button[@role='tab' and contains(., '{tab}')]").click()
+    return wait
+
+
+def test_sample_tab_generates_and_explains_a_bad_input(app_url: str, browser: webdriver.Chrome) -> None:
     browser.get(app_url)
     wait = WebDriverWait(browser, REQUEST_S)
     button = wait.until(lambda d: d.find_element(By.ID, "generate"))
@@ -103,17 +131,40 @@ def test_page_generates_an_image_and_shows_errors(app_url: str, browser: webdriv
     wait.until(lambda d: _image_loaded(d, "#grid") and _image_loaded(d, "#frames"))
     width = browser.execute_script("return document.querySelector('#grid img').naturalWidth")
     assert width == 3 * (10 * 34 + 2)  # ten 32 px images, 2 px padding, upscaled 3x
-    stats = browser.find_element(By.ID, "stats").text
-    assert "ear_any_fmnist" in stats and "8 passes" in stats and "GFLOPs" in stats
+    stats = _text(browser, "#stats")
+    assert "ear_any_fmnist" in stats and "8 passes" in stats and "GFLOPs" in stats and "CFG 2.5" in stats
+    assert re.search(r"in (bf16|fp32) on cpu", stats), stats  # the dtype and device that ran
     if os.environ.get("ARGEN_APP_SCREENSHOT"):
         time.sleep(0.6)  # the growth GIF reaches its held last frame
         browser.save_screenshot(os.environ["ARGEN_APP_SCREENSHOT"])
 
-    classes = browser.find_element(By.CSS_SELECTOR, "#classes textarea, #classes input")
-    classes.clear()
-    classes.send_keys("42")
+    _type(browser, "#classes", "42")
     button.click()
-    wait.until(lambda d: "out of range" in d.find_element(By.TAG_NAME, "body").text)
-    body = browser.find_element(By.TAG_NAME, "body").text
-    assert "class id(s) [42] out of range: this model has classes 0..9" in body
-    assert "Traceback" not in body
+    message = "class id(s) [42] out of range: this model has classes 0..9"
+    _refused(browser, "#stats", message, ("#grid", "#frames"))
+    _type(browser, "#classes", "3")
+    button.click()  # a new result replaces the message
+    wait.until(lambda d: _image_loaded(d, "#grid") and "Error" not in _text(d, "#stats"))
+
+
+def test_extend_tab_extends_and_explains_a_bad_input(app_url: str, browser: webdriver.Chrome) -> None:
+    wait = _open(browser, app_url, "Extend")
+    wait.until(lambda d: d.find_element(By.ID, "extend")).click()
+    wait.until(lambda d: _image_loaded(d, "#ext_image"))
+    assert "extension: 8x8 centre tokens -> 20x20 canvas" in _text(browser, "#ext_stats")
+    _type(browser, "#ext_cfg", "-2")
+    browser.find_element(By.ID, "extend").click()
+    _refused(
+        browser, "#ext_stats", "the guidance scale (CFG) must be >= 0 (1 = off), got -2", ("#ext_image",)
+    )
+
+
+def test_side_by_side_tab_compares_and_explains_a_bad_input(app_url: str, browser: webdriver.Chrome) -> None:
+    wait = _open(browser, app_url, "Side by side")
+    _type(browser, "#cmp_classes", "0,1")
+    wait.until(lambda d: d.find_element(By.ID, "compare")).click()
+    wait.until(lambda d: _image_loaded(d, "#left_grid") and _image_loaded(d, "#right_grid"))
+    _type(browser, "#cmp_classes", "shoe")
+    browser.find_element(By.ID, "compare").click()
+    message = "classes: give comma-separated whole numbers such as 0,3,7 (got 'shoe')"
+    _refused(browser, "#left_stats", message, ("#left_grid", "#right_grid"))

@@ -3,6 +3,7 @@ and the numbers of the run; inputs the models cannot run are ValueErrors with wh
 
 from __future__ import annotations
 
+import itertools
 import sys
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from PIL import Image
 from argen.apps import store as st
 from argen.models.checkpoints import load_model, read_meta
 from argen.models.pretrained import save_pretrained
+from argen.sampling.extend import extension_canvas
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +31,9 @@ def test_store_offers_the_shipped_generators_with_their_tokenizers(store: st.Mod
     assert store.tokenizer_for("ear_any_fmnist") == "vq2_fmnist"
     assert store.tokenizer_for("actvar_fast_fmnist") == "msvq2_fmnist"
     assert store.default == "ear_any_fmnist"
-    assert store.defaults("ear_any_fmnist") == (8, 2.5)  # any-schedule EAR starts at 8 passes; its own CFG
-    assert store.defaults("ear_fmnist") == (0, 2.5)  # trained on its own 31-pass schedule
-    assert store.defaults("var_fmnist") == (0, 3.5)  # the CFG scale its sweep chose
+    assert store.defaults("ear_any_fmnist") == (8, 2.5, 1.0)  # any-schedule EAR starts at 8 passes; own CFG
+    assert store.defaults("ear_fmnist") == (0, 2.5, 1.0)  # trained on its own 31-pass schedule
+    assert store.defaults("var_fmnist") == (0, 3.5, 1.0)  # the CFG scale its sweep chose
     assert ("raster_fmnist (raster)", "raster_fmnist") in st.describe(store, store.generators)
 
 
@@ -43,9 +45,11 @@ def test_ear_request_returns_grid_growth_and_costs(store: st.ModelStore) -> None
     stats = result.stats
     assert (stats["model"], stats["images"], stats["passes"], stats["seed"]) == ("ear_any_fmnist", 4, 4, 3)
     assert stats["gflops_per_image"] == pytest.approx(
-        store.pipeline("ear_any_fmnist", 4).cost()["gflops"], 1e-3
+        store.pipeline(store.generate_config("ear_any_fmnist", schedule=4)).cost()["gflops"], 1e-3
     )
-    assert stats["cfg_scale"] == 2.0 and stats["sampling_s"] > 0 and result.warnings == []
+    # no CFG given: the model's own (its folder's 2.5), as `argen sample` takes it, not the family's 2.0
+    assert stats["cfg_scale"] == 2.5 and stats["sampling_s"] > 0 and result.warnings == []
+    assert (stats["dtype"], stats["device"]) == (store.dtype, "cpu")
     again = st.sample(store, "ear_any_fmnist", "0,7", per_class=2, passes=4, seed=3)
     assert torch.equal(_pixels(result.grid), _pixels(again.grid))  # same seed, same images
     other = st.sample(store, "ear_any_fmnist", "0,7", per_class=2, passes=4, seed=4)
@@ -62,7 +66,7 @@ def test_old_request_folders_are_deleted(store: st.ModelStore) -> None:
 def test_var_request_returns_a_scale_strip(store: st.ModelStore) -> None:
     result = st.sample(store, "var_fmnist", "1", per_class=1, seed=0)
     scales = len(store.model("var_fmnist").config.patch_nums)
-    assert result.stats["passes"] == scales and result.stats["cfg_scale"] == 1.5
+    assert result.stats["passes"] == scales and result.stats["cfg_scale"] == 3.5  # the model's own
     assert Image.open(result.frames).size == (
         3 * (scales * 34 + 2),
         3 * 36,
@@ -91,13 +95,15 @@ def test_fixed_schedule_ear_at_other_passes_warns(store: st.ModelStore) -> None:
     ("kwargs", "message"),
     [
         ({"classes": "42"}, r"class id\(s\) \[42\] out of range: this model has classes 0..9"),
-        ({"classes": "shoe"}, "comma-separated class ids"),
-        ({"per_class": 2.5}, "images per class must be a whole number in 1..16"),
-        ({"per_class": 0}, "images per class must be a whole number"),
-        ({"passes": -1}, "passes must be a whole number in 0..256"),
-        ({"temperature": 0.0}, "temperature must be > 0"),
-        ({"cfg_scale": -1.0}, "CFG scale must be >= 0"),
-        ({"name": "var_fmnist", "passes": 8}, "passes apply to EAR models; var_fmnist is a var model"),
+        ({"classes": "shoe"}, "classes: give comma-separated whole numbers such as 0,3,7"),
+        ({"per_class": 2.5}, "images per class must be a whole number >= 1, got 2.5"),
+        ({"per_class": 0}, "images per class must be a whole number >= 1"),
+        ({"classes": "", "per_class": 17}, "170 images asked; this app makes at most 160 per request"),
+        ({"passes": -1}, "passes must be a whole number >= 0"),
+        ({"passes": 300}, r"number of steps must be in \[1, 256\], got 300"),
+        ({"temperature": 0.0}, "temperature must be a number > 0"),
+        ({"cfg_scale": -1.0}, r"the guidance scale \(CFG\) must be >= 0 \(1 = off\), got -1.0"),
+        ({"name": "var_fmnist", "passes": 8}, "--schedule applies to raster/EAR models; var_fmnist is a var"),
         ({"name": "nope"}, "unknown model 'nope'"),
     ],
 )
@@ -110,11 +116,41 @@ def test_bad_inputs_are_explained(store: st.ModelStore, kwargs: dict, message: s
 def test_extend_uses_the_loaded_ear(store: st.ModelStore) -> None:
     image, report = st.extend(store, "ear_fmnist", "0,1", centre=8, canvas=20)
     assert report["mode"] == "extension" and report["canvas_tokens"] == 20
+    assert (report["dtype"], report["device"]) == (store.dtype, "cpu")
     assert Image.open(image).size == (3 * (3 * (40 + 2) + 2), 3 * (2 * (40 + 2) + 2))  # 20 tokens = 40 px
-    with pytest.raises(ValueError, match="not an EAR"):
-        st.extend(store, "var_fmnist")
-    with pytest.raises(ValueError, match="test-set indices"):
-        st.extend(store, "ear_fmnist", "first")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"name": "var_fmnist"}, "extension needs an EAR"),
+        ({"images": "first"}, "images \\(test-set indices\\): give comma-separated whole numbers"),
+        ({"images": ""}, "images: give one or more whole numbers"),
+        ({"images": "0,10000"}, r"--images \[10000\]: the Fashion-MNIST test split has images 0..9999"),
+        ({"cfg_scale": -2.0}, r"the guidance scale \(CFG\) must be >= 0 \(1 = off\), got -2.0"),
+        ({"centre": 16, "canvas": 16}, r"the kept centre \(16 tokens\) fills the whole canvas \(16\)"),
+        ({"centre": 2.5}, "the kept centre \\(tokens\\) must be a whole number >= 1, got 2.5"),
+    ],
+)
+def test_bad_extend_inputs_are_explained(store: st.ModelStore, kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        st.extend(store, **{"name": "ear_fmnist", "images": "0", **kwargs})
+
+
+def test_every_extend_slider_setting_runs_or_is_explained(store: st.ModelStore) -> None:
+    """The page's sliders (centre 1..16, canvas 16..32 tokens): only a centre filling the canvas is refused
+    (checked without sampling); the corners of the rest run."""
+    model = store.model("ear_fmnist")
+    refused = []
+    for centre, canvas in itertools.product(range(1, 17), range(16, 33)):
+        try:
+            extension_canvas(model, centre, canvas)
+        except ValueError:
+            refused.append((centre, canvas))
+    assert refused == [(16, 16)]
+    for centre, canvas in [(1, 16), (15, 16), (16, 17), (1, 32)]:
+        _, report = st.extend(store, "ear_fmnist", "7", centre=centre, canvas=canvas)
+        assert (report["centre_tokens"], report["canvas_tokens"]) == (centre, canvas)
 
 
 def test_local_folder_models_are_offered(tmp_path) -> None:

@@ -36,13 +36,13 @@ def _sample(files: dict, model: str = "ear", tok: str = "vq", *extra: str) -> li
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--n-per-class", "-1"], "must be >= 1"),
+        (["--n-per-class", "-1"], "images per class must be a whole number >= 1"),
         (["--cfg", "nan"], "guidance scale"),
         (["--cfg", "-1"], "guidance scale"),
         (["--adaptive", "1.5"], "adaptive confidence threshold"),
         (["--adaptive", "0"], "adaptive confidence threshold"),
-        (["--temperature", "0"], "must be in"),
-        (["--top-p", "0"], "top-p"),
+        (["--temperature", "0"], "temperature must be a number > 0"),
+        (["--top-p", "0"], "top_p must be in (0, 1]"),
         (["--batch-size", "0"], "must be >= 1"),
         (["--device", "foo"], "not a device name"),
         (["--order", "raster"], "trained to generate in 'spiral' order"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from argen.cli.common import device
+from argen.cli.common import device, dtype_flag
 
 
 def cmd_app(args: argparse.Namespace) -> None:
@@ -23,6 +23,7 @@ def cmd_app(args: argparse.Namespace) -> None:
         models=args.model,
         tokenizers=args.tokenizer,
         device=args.device,
+        dtype=args.dtype,
         preload=not args.lazy,
     )
     try:
@@ -54,5 +55,6 @@ def add_app(sub: argparse._SubParsersAction) -> None:
         "--tokenizer", action="append", default=[], help="a tokenizer for the --model generators (repeatable)"
     )
     p.add_argument("--device", type=device, default="cpu", help="cpu | cuda | cuda:N | auto")
+    dtype_flag(p)
     p.add_argument("--lazy", action="store_true", help="load models on first use instead of at start")
     p.set_defaults(func=cmd_app)

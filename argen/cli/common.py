@@ -62,10 +62,30 @@ def _float_in(lo: float, hi: float, lo_open: bool, hi_open: bool, what: str) -> 
     return parse
 
 
-guidance = _float_in(0.0, float("inf"), False, True, "the guidance scale (1 = off)")
 probability = _float_in(0.0, 1.0, True, True, "the adaptive confidence threshold")
-positive_float = _float_in(0.0, float("inf"), True, True, "the value")
-top_p_float = _float_in(0.0, 1.0, True, False, "top-p")
+
+
+def _sampling_value(name: str) -> Any:
+    """A flag for `SamplingConfig.<name>`: parsed here, checked by SamplingConfig, the check (and message) the
+    app and the server share."""
+
+    def parse(text: str) -> float:
+        from argen.sampling.logits import SamplingConfig
+
+        try:
+            value = float(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from e
+        try:
+            SamplingConfig(**{name: value})
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from e
+        return value
+
+    return parse
+
+
+guidance, temperature, top_p = (_sampling_value(n) for n in ("cfg_scale", "temperature", "top_p"))
 
 
 def device(text: str) -> str:
@@ -98,9 +118,9 @@ def generate_flags(p: argparse.ArgumentParser, model_required: bool = True) -> N
     p.add_argument(
         "--cfg", type=guidance, dest="cfg_scale", help="guidance scale >= 0, 1 = off (default: the model's)"
     )
-    p.add_argument("--temperature", type=positive_float, help="> 0 (default: 1)")
+    p.add_argument("--temperature", type=temperature, help="> 0 (default: the model's)")
     p.add_argument("--top-k", type=int, help="keep the k most likely tokens, 0 = all (default: model's)")
-    p.add_argument("--top-p", type=top_p_float, help="nucleus mass in (0, 1] (default: the model's)")
+    p.add_argument("--top-p", type=top_p, help="nucleus mass in (0, 1] (default: the model's)")
     p.add_argument("--seed", type=int, help="sampling seed; sample i depends on (seed, i) only (default: 0)")
     p.add_argument(
         "--sampler",
@@ -119,23 +139,33 @@ def generate_flags(p: argparse.ArgumentParser, model_required: bool = True) -> N
     )
     p.add_argument("--batch-size", type=positive_int, default=32, help="images per forward batch")
     p.add_argument("--device", type=device, default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument(
-        "--dtype",
-        default="auto",
-        choices=("auto", "bf16", "fp32"),
-        help="model dtype; auto = bf16 where this device's bf16 matmuls beat fp32 (see argen peak)",
-    )
+    dtype_flag(p)
+
+
+DTYPE_HELP = "auto = bf16 where the device has bf16 units (AMX/AVX512-BF16 CPU, sm_80+ GPU), else fp32"
+
+
+def dtype_flag(p: argparse.ArgumentParser, what: str = "model dtype") -> None:
+    """`--dtype auto|bf16|fp32`, the same flag on every command that runs a model."""
+    p.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp32"), help=f"{what}; {DTYPE_HELP}")
 
 
 def pipeline(args: argparse.Namespace) -> Any:
-    from argen.sampling.pipeline import GenerateConfig, Pipeline
+    from argen.sampling.pipeline import Pipeline
+
+    return Pipeline.load(generate_config(args))
+
+
+def generate_config(args: argparse.Namespace) -> Any:
+    """The `GenerateConfig` of `generate_flags`; sampling flags left out are the model's own."""
+    from argen.sampling.pipeline import GenerateConfig
 
     sampling = {
         k: getattr(args, k)
         for k in ("cfg_scale", "temperature", "top_k", "top_p", "seed")
         if getattr(args, k) is not None
     }
-    cfg = GenerateConfig(
+    return GenerateConfig(
         model=args.model,
         tokenizer=args.tokenizer,
         schedule=args.schedule,
@@ -147,7 +177,6 @@ def pipeline(args: argparse.Namespace) -> Any:
         adaptive=_adaptive_threshold(args.adaptive),
         dtype=args.dtype,
     )
-    return Pipeline.load(cfg)
 
 
 def output_folder(folder: str, marker: str, overwrite: bool) -> Path:
@@ -169,10 +198,3 @@ def _adaptive_threshold(value: float | None) -> float | None:
     from argen.sampling.ar import AdaptiveConfig
 
     return AdaptiveConfig().threshold  # bare --adaptive
-
-
-def class_labels(pipe: Any, classes: list[int] | None, per_class: int) -> Any:
-    import torch
-
-    classes = list(range(pipe.num_classes)) if classes is None else classes
-    return pipe.check_labels(torch.tensor(classes).repeat_interleave(per_class))

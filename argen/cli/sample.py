@@ -10,8 +10,9 @@ from typing import Any
 
 from argen.cli.common import (
     TOKENIZER_HELP,
-    class_labels,
     device,
+    dtype_flag,
+    generate_config,
     generate_flags,
     guidance,
     ints,
@@ -25,13 +26,16 @@ from argen.io import atomic_write_text
 
 def cmd_sample(args: argparse.Namespace) -> None:
     from argen.sampling.images import save_gif, save_grid, save_strip
+    from argen.sampling.pipeline import Pipeline
+    from argen.sampling.requests import SampleRequest
     from argen.sampling.writer import save_adm_npz
 
     out = output_folder(args.out, "sample.json", args.overwrite)
-    pipe = pipeline(args)
-    labels = class_labels(pipe, args.classes, args.n_per_class)
+    request = SampleRequest(generate_config(args), args.classes, args.n_per_class)
+    pipe = Pipeline.load(request.generate)
+    labels = request.labels(pipe.num_classes)
     samples = pipe.sample(labels, frames=args.gif)
-    grid = save_grid(samples.images, out / "samples.png", nrow=args.n_per_class, scale=args.scale)
+    grid = save_grid(samples.images, out / "samples.png", nrow=request.per_class, scale=args.scale)
     report = {
         "grid": str(grid),
         "n": len(labels),
@@ -84,27 +88,23 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_extend(args: argparse.Namespace) -> None:
-    from argen.apps.extend import ExtendConfig, extend_images
+    from argen.apps.extend import extend_images
+    from argen.sampling.pipeline import GenerateConfig
+    from argen.sampling.requests import ExtendRequest
 
-    cfg = ExtendConfig(
-        model=args.model,
-        tokenizer=args.tokenizer,
-        centre=args.centre,
-        canvas=args.canvas,
-        images=args.images,
-        classes=args.classes,
-        cfg_scale=2.0 if args.cfg_scale is None else args.cfg_scale,
-        seed=0 if args.seed is None else args.seed,
-        device=args.device,
+    sampling = {k: getattr(args, k) for k in ("cfg_scale", "seed") if getattr(args, k) is not None}
+    generate = GenerateConfig(
+        model=args.model, tokenizer=args.tokenizer, sampling=sampling, device=args.device, dtype=args.dtype
     )
-    print_json(extend_images(cfg, output_folder(args.out, "extend.png", args.overwrite)))
+    request = ExtendRequest(generate, args.centre, args.canvas, args.images, args.classes)
+    print_json(extend_images(request, output_folder(args.out, "extend.png", args.overwrite)))
 
 
 def add_sampling(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="class-conditional samples as a PNG grid (+ growth GIF / scale strip)")
     generate_flags(p)
     p.add_argument("--classes", type=ints, help="class ids, comma-separated (default: all)")
-    p.add_argument("--n-per-class", type=positive_int, default=8, help="images per class")
+    p.add_argument("--n-per-class", type=int, default=8, help="images per class (>= 1)")
     p.add_argument("--out", default="out/sample", help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier sample run in --out")
     p.add_argument("--gif", action="store_true", help="EAR: growth GIF; VAR: per-scale GIF and strip")
@@ -135,9 +135,12 @@ def add_sampling(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--canvas", type=int, help="canvas side in tokens (default: model grid = inpainting)")
     p.add_argument("--images", type=ints, default=[0, 1, 2, 3], help="Fashion-MNIST test indices")
     p.add_argument("--classes", type=ints, help="class per image (default: the images' own labels)")
-    p.add_argument("--cfg", type=guidance, dest="cfg_scale", help="guidance scale >= 0 (default: 2)")
+    p.add_argument(
+        "--cfg", type=guidance, dest="cfg_scale", help="guidance scale >= 0, 1 = off (default: the model's)"
+    )
     p.add_argument("--seed", type=int, help="sampling seed (default: 0)")
     p.add_argument("--device", type=device, default="auto", help="auto | cpu | cuda | cuda:N")
+    dtype_flag(p)
     p.add_argument("--out", default="out/extend", help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier extend.png in --out")
     p.set_defaults(func=cmd_extend)

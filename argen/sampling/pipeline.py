@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from argen.device import resolve_dtype
+from argen.device import dtype_name, resolve_dtype
 from argen.distributed import resolve_device
 from argen.models.checkpoints import (
     CheckpointError,
@@ -128,13 +129,15 @@ class Pipeline:
             self._check_tokenizer(tokenizer)
 
     @classmethod
-    def load(cls, cfg: GenerateConfig) -> Pipeline:
+    def load(cls, cfg: GenerateConfig, loader: Callable[[str], nn.Module] | None = None) -> Pipeline:
+        """loader: file or name -> model on cfg.device (the app's cache of loaded models); None loads."""
         device = resolve_device(cfg.device)
-        model = load_model(cfg.model, device)
+        load = loader or (lambda path: load_model(path, device))
+        model = load(cfg.model)
         family_of(model, cfg.model)  # before loading a tokenizer for something that is not a generator
         if not cfg.tokenizer:  # the one the model was trained with, where it is found
             cfg = dataclasses.replace(cfg, tokenizer=recorded_tokenizer(cfg.model) or "")
-        tokenizer = load_model(cfg.tokenizer, device) if cfg.tokenizer else None
+        tokenizer = load(cfg.tokenizer) if cfg.tokenizer else None
         dtype = resolve_dtype(cfg.dtype, device)
         model, tokenizer = model.to(dtype), tokenizer.to(dtype) if tokenizer is not None else None
         meta = read_meta(cfg.model)
@@ -152,8 +155,13 @@ class Pipeline:
             "adaptive": self.cfg.adaptive,
             "sampler": self.cfg.sampler,
         }
-        record["dtype"] = str(next(self.model.parameters()).dtype)  # what ran, not "auto"
+        record["dtype"] = self.dtype  # what ran, not "auto"
         return record
+
+    @property
+    def dtype(self) -> str:
+        """The dtype the models run in ("bf16" / "fp32"; what "auto" resolved to)."""
+        return dtype_name(next(self.model.parameters()).dtype)
 
     @property
     def num_classes(self) -> int:
@@ -229,11 +237,13 @@ class Pipeline:
         frames: bool = False,
         seed: int | None = None,
         indices_N: torch.Tensor | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> Samples:
         """Sample one image per label, in batches; frames of the first batch when asked.
 
         Image n is a function of (seed, indices_N[n], settings) only (default indices 0..N-1): the batch
         size, the number of ranks and the other labels of the batch do not change it.
+        progress: called before each batch with (images done, images asked).
         """
         self.require_tokenizer()
         labels_N = self.check_labels(labels_N)
@@ -248,6 +258,8 @@ class Pipeline:
         size = self.cfg.batch_size
         batches = zip(labels_N.to(device).split(size), keys_N.split(size), strict=True)
         for i, (labels_B, keys_B) in enumerate(batches):
+            if progress is not None:
+                progress(i * size, len(labels_N))
             out = self.family.sample(
                 self.model, self.tokenizer, labels_B, keys_B, sampling, self.cfg, frames and i == 0
             )
