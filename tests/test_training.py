@@ -345,3 +345,20 @@ def test_objective_options_are_typed_and_a_typo_is_named(task, key, hint):
         parse({key: 1, "step": 3})
     with pytest.raises(ValueError, match="expects"):  # and values have types
         parse({hint: "many", "step": 3})
+
+
+def test_export_checkpoint_equals_the_final_export_and_records_images_seen(tmp_path):
+    """`argen export` of the last checkpoint writes exactly the run's exported (EMA) weights."""
+    from argen.training.export import export_checkpoint
+
+    final = run(toy_cfg(tmp_path / "r", steps=4, ckpt_every=2, keep_last=3))
+    last = tmp_path / "r" / "checkpoints" / "step_00000004"
+    got = export_checkpoint(last, tmp_path / "exported")
+    want = load_model(final)
+    mid = load_model(export_checkpoint(last.with_name("step_00000002"), tmp_path / "m"))
+    for k, v in want.state_dict().items():
+        assert torch.equal(load_model(got).state_dict()[k], v), k
+    assert any(not torch.equal(mid.state_dict()[k], v) for k, v in want.state_dict().items())
+    assert json.loads(got.with_suffix(".json").read_text())["trained_with"]["images_seen"] == 4 * 8 * 2
+    with pytest.raises(ValueError, match="not a training checkpoint"):
+        export_checkpoint(tmp_path / "r", tmp_path / "x")

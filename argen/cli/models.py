@@ -1,4 +1,4 @@
-"""`argen convert`, `argen init`, `argen reconstruct`, `argen demo`."""
+"""`argen convert`, `argen export`, `argen init`, `argen reconstruct`, `argen demo`."""
 
 from __future__ import annotations
 
@@ -12,6 +12,12 @@ def cmd_convert(args: argparse.Namespace) -> None:
     from argen.models.convert import convert_official
 
     print(f"written {convert_official(args.official, args.kind, args.preset, args.out)}")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from argen.training.export import export_checkpoint
+
+    print(f"written {export_checkpoint(args.checkpoint, args.out)}")
 
 
 def cmd_init(args: argparse.Namespace) -> None:
@@ -55,6 +61,13 @@ def add_models(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", help="model preset (e.g. d16, llamagen_vq16, GPT-B, EAR-B)")
     p.add_argument("--out", required=True, help="output path (NAME -> NAME.safetensors + NAME.json)")
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser(
+        "export", help="a training checkpoint (step_XXXXXXXX/) -> model file (EMA weights if kept)"
+    )
+    p.add_argument("--checkpoint", required=True, help="runs/NAME/checkpoints/step_XXXXXXXX")
+    p.add_argument("--out", required=True, help="output path (NAME -> NAME.safetensors + NAME.json)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("init", help="write a randomly initialised model file from a preset (for benchmarks)")
     p.add_argument("task", help="tokenizer | msvq | gpt | var | classifier")

@@ -291,7 +291,7 @@ def _export(run: _Run, trained_with: dict) -> Path:
     return path
 
 
-def _provenance(cfg: TrainConfig, dataset: Any) -> dict:
+def default_provenance(cfg: TrainConfig, dataset: Any) -> dict:
     """What the exported model JSON records of its training: the tokenizer that wrote the token file (so a
     generator sampled with another codebook is refused) and the objective options (plain values only)."""
     meta = getattr(dataset, "metadata", {}) or {}
@@ -375,7 +375,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> Path:
             if (stage_done or (cfg.ckpt_every and run.step % cfg.ckpt_every == 0)) and run.step < cfg.steps:
                 _save(run)
         _save(run)
-        provenance = run.task.provenance or _provenance
+        provenance = run.task.provenance or default_provenance
         return _export(run, provenance(cfg, dataset))
     finally:
         bar.close()
