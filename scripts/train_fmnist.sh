@@ -40,7 +40,7 @@ case "${1:-}" in
   e)  # the CPU (tokens-only) budget distilled 4x longer, like d
     step runs/actvar2_tokens_long_fmnist/actvar.safetensors $A distill --config configs/actvar2_tokens_long_fmnist.json
     ;;
-  f)  # fair comparison (issue 27), lane 1: EAR-31, then any-schedule EAR forked at 48k images (+12k)
+  f)  # fair comparison (issue 27), lane 1: EAR-31, then any-schedule EAR forked at 36k images (+24k)
     step runs/ear3_fmnist/model.safetensors $A train gpt --config configs/ear3_fmnist.json
     step runs/ear_any3_fmnist/model.safetensors $A train gpt --config configs/ear_any3_fmnist.json
     ;;
