@@ -5,18 +5,21 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
 from PIL import Image
 
 from argen.apps.demo import ASSETS, DemoConfig, run_demo
 
 
-def test_demo_writes_grids_gif_extension_and_summary(tmp_path):
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+def test_demo_writes_grids_gif_extension_and_summary(tmp_path, dtype):
     assets = tmp_path / "assets"
     assets.mkdir()
     for name in ("vq2_fmnist", "ear_fmnist"):  # one generator keeps this test to seconds
         shutil.copytree(ASSETS / name, assets / name)
     out = tmp_path / "demo"
-    summary = run_demo(DemoConfig(out=str(out), per_class=1, assets=str(assets)))
+    summary = run_demo(DemoConfig(out=str(out), per_class=1, assets=str(assets), dtype=dtype))
+    assert summary["dtype"] == summary["reconstruction"]["dtype"] == summary["extension"]["dtype"] == dtype
     assert json.loads((out / "summary.json").read_text()) == summary
     assert summary["reconstruction"]["psnr"] > 20.0
     (row,) = summary["generators"]
