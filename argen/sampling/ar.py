@@ -174,6 +174,7 @@ class GenerationProcess:
         snapshots: bool = False,
         return_logits: bool = False,
         keys_B: torch.Tensor | None = None,
+        on_pass: Callable[[int, int, torch.Tensor], None] | None = None,
     ) -> SampleOutput:
         """Generate one image's tokens per label.
 
@@ -185,6 +186,8 @@ class GenerationProcess:
             snapshots: keep the raster token map after every pass (for a growth GIF).
             return_logits: keep the guided logits of every sampled position (tests, analysis).
             keys_B: per-sample random streams (`sample_keys`); default: samples 0..B-1 of `sampling.seed`.
+            on_pass: called after each pass with (pass index, number of passes, (B, L) raster tokens so far,
+                -1 where not generated yet), while sampling (a server streams the growth from it).
 
         Returns:
             SampleOutput with (B, L) raster tokens.
@@ -215,6 +218,8 @@ class GenerationProcess:
                     logits_all[:, plan.pred_P] = logits
                 if snapshots:
                     out.snapshots.append(self.order.to_raster(seq_BL).clone())
+                if on_pass is not None:
+                    on_pass(i, len(plans), self.order.to_raster(seq_BL))
         out.tokens_BL = self.order.to_raster(seq_BL)
         out.logits_BLV, out.passes = logits_all, len(steps)
         return out

@@ -22,6 +22,8 @@ from argen.models.checkpoints import CheckpointError
 from argen.sampling.logits import SamplingConfig
 
 FRAME_IMAGES = 16  # images per animation frame: decoding every pass of a whole batch costs more than sampling
+# (pass index, number of passes, (B, C, H, W) images in [0, 1] so far): the growth, pass by pass
+PassHook = Callable[[int, int, torch.Tensor], None]
 
 
 @dataclass
@@ -63,7 +65,10 @@ class Family(Protocol):
         sampling: SamplingConfig,
         settings: Any,
         frames: bool,
-    ) -> BatchOut: ...
+        on_pass: PassHook | None = None,
+    ) -> BatchOut:
+        """One batch; `on_pass`, where the family supports it, sees the images after every pass."""
+        ...
 
 
 _FAMILIES: dict[str, Family] = {}
@@ -140,23 +145,34 @@ class GPTFamily:
         sampling: SamplingConfig,
         settings: Any,
         frames: bool,
+        on_pass: PassHook | None = None,
     ) -> BatchOut:
+        """on_pass: the batch's images after every pass, cells not generated yet grey (fixed schedules)."""
         from argen.sampling.ar import AdaptiveConfig, GenerationProcess, growth_frames, sample_adaptive
 
         proc = GenerationProcess.for_model(model, sampling, settings.order, settings.schedule)
-        if settings.adaptive is None:
-            out = proc.sample(model, labels_B, snapshots=frames, keys_B=keys_B)
-            passes, shapes = [out.passes] * len(labels_B), []
-        else:
-            adaptive = AdaptiveConfig(threshold=settings.adaptive)
-            out = sample_adaptive(proc, model, labels_B, adaptive, snapshots=frames, keys_B=keys_B)
-            passes, shapes = out.passes_each, out.shapes_each
         grid = model.config.grid
 
         def decode(idx_Bhw: torch.Tensor) -> torch.Tensor:
             return tokenizer.decode_codes(idx_Bhw).add(1).div(2)
 
-        images = decode(out.tokens_BL.view(-1, grid, grid))
+        if settings.adaptive is None:
+            hook = None
+            if on_pass is not None:
+                hook = lambda i, n, tokens_BL: on_pass(i, n, growth_frames([tokens_BL], decode, grid)[0])
+            out = proc.sample(model, labels_B, snapshots=frames, keys_B=keys_B, on_pass=hook)
+            passes, shapes = [out.passes] * len(labels_B), []
+        elif on_pass is not None:
+            raise ValueError("pass-by-pass images need a fixed schedule (adaptive passes run image by image)")
+        else:
+            adaptive = AdaptiveConfig(threshold=settings.adaptive)
+            out = sample_adaptive(proc, model, labels_B, adaptive, snapshots=frames, keys_B=keys_B)
+            passes, shapes = out.passes_each, out.shapes_each
+        tokens_Bhw = out.tokens_BL.view(-1, grid, grid)
+        if settings.decode_alone:  # one image per call: its pixels never depend on the batch's others
+            images = torch.cat([decode(idx_hw[None]) for idx_hw in tokens_Bhw])
+        else:
+            images = decode(tokens_Bhw)
         shots = growth_frames([s[:FRAME_IMAGES] for s in out.snapshots], decode, grid) if frames else []
         return BatchOut(images, shots, passes, shapes)
 
@@ -186,6 +202,7 @@ class VARFamily:
             "--order": settings.order,
             "--schedule": settings.schedule,
             "--adaptive": settings.adaptive,
+            "decode_alone": settings.decode_alone or None,
         }
         for flag, value in gpt_only.items():
             if value is not None:
@@ -214,9 +231,13 @@ class VARFamily:
         sampling: SamplingConfig,
         settings: Any,
         frames: bool,
+        on_pass: PassHook | None = None,
     ) -> BatchOut:
+        """on_pass is refused: scales are decoded with the batch inside the sampler, not as they come."""
         from argen.sampling.next_scale import NextScaleConfig, sample_next_scale, sample_next_scale_reference
 
+        if on_pass is not None:
+            raise ValueError(f"{settings.model}: pass-by-pass images are for raster/EAR models")
         run = sample_next_scale if settings.sampler == "fast" else sample_next_scale_reference
         out = run(
             self.view(model), tokenizer, labels_B, NextScaleConfig(sampling, progression=frames), keys_B

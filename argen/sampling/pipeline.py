@@ -26,7 +26,7 @@ from argen.models.checkpoints import (
     recorded_tokenizer,
     tokenizer_fingerprint,
 )
-from argen.sampling.families import family_of
+from argen.sampling.families import PassHook, family_of
 from argen.sampling.logits import SamplingConfig, sample_keys
 
 
@@ -47,6 +47,9 @@ class GenerateConfig:
         models trained with randomised partitions); None = the fixed schedule.
     dtype: "auto" (bf16 where the device's bf16 matmuls beat fp32, detected by `argen.device`), "bf16"
         or "fp32": the model and tokenizer are cast to it; logits, softmax and sampling stay fp32.
+    decode_alone: raster/EAR: decode each image in a call of its own, so its pixels never depend on the
+        other images of its batch (the conv decoder's float sums depend on the batch shape); what a server
+        that batches requests of many clients needs. VAR/ActVAR decode while they sample and refuse it.
     """
 
     model: str = ""
@@ -59,6 +62,7 @@ class GenerateConfig:
     sampler: str = "fast"
     adaptive: float | None = None
     dtype: str = "auto"
+    decode_alone: bool = False
 
     def __post_init__(self) -> None:
         if self.dtype not in ("auto", "bf16", "fp32"):
@@ -237,12 +241,17 @@ class Pipeline:
         frames: bool = False,
         seed: int | None = None,
         indices_N: torch.Tensor | None = None,
+        keys_N: torch.Tensor | None = None,
+        on_pass: PassHook | None = None,
         progress: Callable[[int, int], None] | None = None,
     ) -> Samples:
         """Sample one image per label, in batches; frames of the first batch when asked.
 
         Image n is a function of (seed, indices_N[n], settings) only (default indices 0..N-1): the batch
         size, the number of ranks and the other labels of the batch do not change it.
+        keys_N: per-image random streams (`sample_keys(seed, indices)`), instead of seed and indices_N: one
+            batch can then hold the images of requests with different seeds.
+        on_pass: raster/EAR: called in every batch after each pass with that batch's images so far.
         progress: called before each batch with (images done, images asked).
         """
         self.require_tokenizer()
@@ -252,7 +261,10 @@ class Pipeline:
         if indices_N.shape != labels_N.shape:
             raise ValueError(f"got {len(indices_N)} sample indices for {len(labels_N)} labels")
         device = next(self.model.parameters()).device
-        keys_N = sample_keys(sampling.seed, indices_N, device)
+        keys_N = sample_keys(sampling.seed, indices_N, device) if keys_N is None else keys_N.to(device)
+        if keys_N.shape != labels_N.shape:
+            raise ValueError(f"got {len(keys_N)} sample keys for {len(labels_N)} labels")
+        hook = {} if on_pass is None else {"on_pass": on_pass}  # families that do not stream need not take it
         t0 = time.perf_counter()
         images, shots, passes, shapes = [], [], [], []
         size = self.cfg.batch_size
@@ -261,7 +273,7 @@ class Pipeline:
             if progress is not None:
                 progress(i * size, len(labels_N))
             out = self.family.sample(
-                self.model, self.tokenizer, labels_B, keys_B, sampling, self.cfg, frames and i == 0
+                self.model, self.tokenizer, labels_B, keys_B, sampling, self.cfg, frames and i == 0, **hook
             )
             images.append(out.images.float().cpu())
             shots = shots or [f.float().cpu() for f in out.frames]
