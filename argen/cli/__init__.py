@@ -14,6 +14,7 @@ argen plot results/*.json --out plot.png
 argen demo --out out/demo
 argen presets [task]; argen fields train|distill|eval|model:<task>
 argen app [--port 7860]   (web page; needs pip install -e .[app])
+argen serve --model ear_fmnist [--port 8000]   (HTTP API; needs pip install -e .[serve]); argen serve-bench
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-from argen.cli import app, evaluate, info, models, peak, sample, train
+from argen.cli import app, evaluate, info, models, peak, sample, serve, train
 from argen.cli.common import positive_int
 from argen.runtime import keep_freed_memory
 
@@ -37,6 +38,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     info.add_info,
     app.add_app,
     peak.add_peak,
+    serve.add_serve,
 ]
 
 
@@ -50,7 +52,7 @@ class _CommandParser(argparse.ArgumentParser):
 
 # Commands whose work is a loop of equal-sized steps, where keeping freed memory (argen.runtime) pays. Not
 # the others: with mmap off, a job whose arrays keep growing (tokenize's) fragments the heap without bound.
-SAMPLING_COMMANDS = ("sample", "generate", "extend", "bench", "eval")
+SAMPLING_COMMANDS = ("sample", "generate", "extend", "bench", "eval", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:
