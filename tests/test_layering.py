@@ -119,3 +119,44 @@ def test_training_sampling_eval_do_not_import_each_other():
 )
 def test_the_walk_sees_local_relative_and_importlib_imports(source, module, expected):
     assert imports(source, module, is_package=module == "argen.eval") >= expected
+
+
+def import_cycles() -> list[list[str]]:
+    """Strongly connected groups of more than one module in the import graph (TYPE_CHECKING imports count:
+    a type that both sides need belongs in a module both import)."""
+    graph: dict[str, set[str]] = {m: set() for m in MODULES}
+    for src, dst in EDGES:
+        if src != dst:
+            graph[src].add(dst)
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:  # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                cycles.append(sorted(group))
+
+    for m in sorted(graph):
+        if m not in index:
+            visit(m)
+    return cycles
+
+
+def test_no_import_cycles():
+    assert import_cycles() == []

@@ -9,17 +9,15 @@ Dh head dim.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from argen.models.var_config import VARConfig
 from argen.nn.attention import attention
 from argen.nn.layers import Mods, block_mods, gather_rows, gelu_tanh, modulate
-
-if TYPE_CHECKING:
-    from argen.models.var import VARConfig
 
 # Official attention clamps its learnable log-scale at log(100), computed in fp32.
 MAX_LOG_SCALE = torch.tensor(100.0).log().item()

@@ -7,15 +7,11 @@ A (token, expert) assignments, P padded slots per expert.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import nn
 
 from argen.nn.layers import gelu_tanh
-
-if TYPE_CHECKING:
-    from argen.nn.moe import MoEConfig
+from argen.nn.moe_config import MoEConfig
 
 
 def grouped_expert_ffn(
