@@ -3,9 +3,9 @@
 python scripts/export_pretrained.py [--out out/pretrained] [NAME ...]     (default: every shipped model)
 
 The weights keep their shipped dtype (the loaded model is bit for bit the shipped one); the card carries the
-training config file and the measured FID / class accuracy / CPU speed from results/fmnist/. Each folder
-loads with `from_pretrained(folder)` and is accepted by every `--model` / `--tokenizer` flag; it can be
-uploaded to the Hugging Face Hub as is.
+command and training config that made the model and the measured FID / class accuracy / CPU speed from
+results/fmnist/. Each folder loads with `from_pretrained(folder)` and is accepted by every `--model` /
+`--tokenizer` flag; it can be uploaded to the Hugging Face Hub as is.
 """
 
 from __future__ import annotations
@@ -19,20 +19,56 @@ from argen.models.pretrained import save_pretrained
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "results" / "fmnist"
-# shipped name -> (training config, results name, setting the numbers were measured at)
+# shipped name -> (training config, command, results name, setting the numbers were measured at)
 PROVENANCE = {
-    "vq2_fmnist": ("configs/vq2_fmnist.json", None, ""),
-    "msvq2_fmnist": ("configs/msvq2_fmnist.json", None, ""),
-    "raster_fmnist": ("configs/raster2_fmnist.json", "raster", "256 passes"),
-    "ear_fmnist": ("configs/ear2_fmnist.json", "ear31", "31 passes"),
-    "ear_any_fmnist": ("configs/ear_any2_fmnist.json", "ear_any31", "31 passes"),
-    "var_fmnist": ("configs/var2_fmnist.json", "var", "10 scales"),
-    "actvar_fmnist": ("configs/actvar2_long_fmnist.json", "actvar", "10 scales"),
-    "actvar_fast_fmnist": ("configs/actvar2_fast_fmnist.json", "actvar_fast", "10 scales"),
-    "actvar_tokens_fmnist": ("configs/actvar2_tokens_long_fmnist.json", "actvar_tokens", "10 scales"),
-    "actvar_experts_fmnist": ("configs/actvar2_experts_fmnist.json", "actvar_experts", "10 scales"),
-    "classifier_fmnist": ("scripts/train_classifier.py", None, ""),
+    "vq2_fmnist": ("configs/vq2_fmnist.json", "argen train tokenizer", None, ""),
+    "msvq2_fmnist": ("configs/msvq2_fmnist.json", "argen train msvq", None, ""),
+    "raster_fmnist": ("configs/raster2_fmnist.json", "argen train gpt", "raster", "256 passes"),
+    "ear_fmnist": ("configs/ear2_fmnist.json", "argen train gpt", "ear31", "31 passes"),
+    "ear_any_fmnist": ("configs/ear_any2_fmnist.json", "argen train gpt", "ear_any31", "31 passes"),
+    "var_fmnist": ("configs/var2_fmnist.json", "argen train var", "var", "10 scales"),
+    "actvar_fmnist": ("configs/actvar2_long_fmnist.json", "argen distill", "actvar", "10 scales"),
+    "actvar_fast_fmnist": ("configs/actvar2_fast_fmnist.json", "argen distill", "actvar_fast", "10 scales"),
+    "actvar_tokens_fmnist": (
+        "configs/actvar2_tokens_long_fmnist.json",
+        "argen distill",
+        "actvar_tokens",
+        "10 scales",
+    ),
+    "actvar_experts_fmnist": (
+        "configs/actvar2_experts_fmnist.json",
+        "argen distill",
+        "actvar_experts",
+        "10 scales",
+    ),
+    "classifier_fmnist": (
+        None,
+        "python scripts/train_classifier.py --epochs 5 --out argen/assets/classifier_fmnist",
+        None,
+        "",
+    ),
 }
+# the lane of scripts/train_fmnist.sh that ran a generator's command
+LANES = {
+    "var_fmnist": "a",
+    "ear_fmnist": "b",
+    "ear_any_fmnist": "b",
+    "raster_fmnist": "b",
+    "actvar_fast_fmnist": "c",
+    "actvar_experts_fmnist": "c",
+    "actvar_fmnist": "d",
+    "actvar_tokens_fmnist": "e",
+}
+
+
+def describe(name: str) -> str:
+    """The card's provenance line: the command that made the model, its config and its lane."""
+    config, command, _, _ = PROVENANCE[name]
+    text = "Trained by argen on Fashion-MNIST (32x32) on a 2-core CPU with `" + command
+    text += "`" if config is None else f" --config {config}`"
+    if name in LANES:
+        text += f" (lane `{LANES[name]}` of `scripts/train_fmnist.sh`)"
+    return text + " in the argen repository."
 
 
 def numbers(result: str | None, setting: str) -> dict[str, object]:
@@ -62,11 +98,7 @@ def main() -> None:
     for name in args.names:
         if name not in PROVENANCE:
             raise SystemExit(f"unknown shipped model {name!r}; known: {sorted(PROVENANCE)}")
-        config, result, setting = PROVENANCE[name]
-        description = (
-            f"Trained by argen on Fashion-MNIST (32x32) on a 2-core CPU; training config `{config}` in the "
-            "argen repository."
-        )
+        _, _, result, setting = PROVENANCE[name]
         tensors = read_safetensors(model_files(ASSETS / name)[0]).values()
         stored = next(t.dtype for t in tensors if t.is_floating_point())  # ActVAR also holds int64 buffers
         meta = read_meta(ASSETS / name)
@@ -74,7 +106,7 @@ def main() -> None:
             load_model(ASSETS / name, dtype=stored),
             Path(args.out) / name,
             trained_with=meta.get("trained_with"),
-            description=description,
+            description=describe(name),
             numbers=numbers(result, setting),
             sampling=meta.get("sampling"),
         )
