@@ -68,7 +68,7 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
         help="HTTP server: batches the requests of many clients (needs the serve extra)",
         description="Serve generators over HTTP (GET /health, GET /v1/models, POST /v1/generate, "
         "POST /v1/generate/stream); requests that share model, passes and CFG share a batch. "
-        "SIGTERM answers the requests in flight, then exits. See docs/serving.md.",
+        "SIGTERM answers the requests in flight, then exits. See docs/03-sampling-serving-app.md.",
     )
     p.add_argument(
         "--model",
