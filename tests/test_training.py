@@ -359,6 +359,8 @@ def test_export_checkpoint_equals_the_final_export_and_records_images_seen(tmp_p
     for k, v in want.state_dict().items():
         assert torch.equal(load_model(got).state_dict()[k], v), k
     assert any(not torch.equal(mid.state_dict()[k], v) for k, v in want.state_dict().items())
-    assert json.loads(got.with_suffix(".json").read_text())["trained_with"]["images_seen"] == 4 * 8 * 2
+    record = json.loads(got.with_suffix(".json").read_text())["trained_with"]
+    assert record == json.loads(final.with_suffix(".json").read_text())["trained_with"]
+    assert record["images_seen"] == 4 * 8 * 2 and record["step"] == 4
     with pytest.raises(ValueError, match="not a training checkpoint"):
         export_checkpoint(tmp_path / "r", tmp_path / "x")

@@ -33,7 +33,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
         images, cfg.sample_seed = samples.images, pipe.sampling.seed
         seconds = round(samples.seconds, 2)
         record = {"model": args.model, **pipe.cost(samples), "sample_seconds": seconds}
-        extra = {"generator": {**record, "run": pipe.run_record()}}  # run: the sampling settings used
+        # run: the sampling settings used; trained_with: the model file's training record (images seen)
+        extra = {"generator": {**record, "run": pipe.run_record(), "trained_with": pipe.trained_with}}
     print_json(evaluate(cfg, images, labels, extra))
 
 

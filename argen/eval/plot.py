@@ -135,3 +135,47 @@ def plot_quality_speed(
     atomic_write(out, lambda p: fig.savefig(p, format=Path(out).suffix.lstrip(".") or "png"))
     plt.close(fig)
     return out
+
+
+def plot_learning_curves(
+    curves: dict[str, list[tuple[float, float]]],
+    out: str | Path,
+    x_label: str = "training images seen",
+    y_label: str = "FID (lower is better)",
+    title: str | None = None,
+    floor: float | None = None,
+) -> Path:
+    """One line per model through its (x, y) points (e.g. images seen, FID at each checkpoint); save a PNG.
+
+    Args:
+        curves: model label -> points; each model's points are drawn sorted by x.
+        out: PNG path. floor: the real-vs-real floor, drawn as a dashed line.
+
+    Returns:
+        The PNG path.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not any(curves.values()):
+        raise ValueError("no points to plot: every curve is empty")
+    fig, ax = plt.subplots(figsize=(7, 4.8), dpi=120)
+    for label, points in curves.items():
+        xs, ys = zip(*sorted(points), strict=True) if points else ((), ())
+        ax.plot(xs, ys, "o-", label=label, ms=5)
+    if isinstance(floor, int | float):
+        ax.axhline(floor, ls="--", color="grey", lw=1, label=f"real-vs-real floor ({floor:.2f})")
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    out = Path(out).with_suffix(".png")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, lambda p: fig.savefig(p, format="png"))
+    plt.close(fig)
+    return out

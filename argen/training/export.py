@@ -9,7 +9,7 @@ from pathlib import Path
 from argen.config import TrainConfig, from_dict
 from argen.models.checkpoints import load_strict, save_model
 from argen.training import checkpoint as ckpt
-from argen.training.loop import default_provenance
+from argen.training.loop import training_record
 from argen.training.tasks import get_task
 
 
@@ -23,10 +23,6 @@ def export_checkpoint(step_dir: str | Path, out: str | Path) -> Path:
     task = get_task(cfg.task)
     model = task.build_model(cfg.model)
     load_strict(model, {**state.model, **(state.ema or {})}, source=str(step_dir))
-    trained_with = (task.provenance or default_provenance)(cfg, task.build_dataset(cfg))
-    trained_with["step"], trained_with["images_seen"] = (
-        state.step,
-        state.step * cfg.batch_size * cfg.grad_accum,
-    )
+    trained_with = training_record(task, cfg, task.build_dataset(cfg), state.step)
     exported = getattr(model, "export_model", lambda: model)()
     return save_model(exported.eval(), Path(out).with_suffix(".safetensors"), trained_with=trained_with)

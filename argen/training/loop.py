@@ -301,6 +301,12 @@ def default_provenance(cfg: TrainConfig, dataset: Any) -> dict:
     return out
 
 
+def training_record(task: Task, cfg: TrainConfig, dataset: Any, step: int) -> dict:
+    """An exported model's `trained_with`: the task's provenance plus the step and the images seen."""
+    record = (task.provenance or default_provenance)(cfg, dataset)
+    return {**record, "step": step, "images_seen": step * cfg.batch_size * cfg.grad_accum}
+
+
 # ----------------------------------------------------------------------------------------------- entry
 def train(cfg: TrainConfig, resume: bool | str | None = None) -> Path:
     """Train `cfg.task` as configured; returns the exported model path (out_dir/model.safetensors, or the
@@ -375,8 +381,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> Path:
             if (stage_done or (cfg.ckpt_every and run.step % cfg.ckpt_every == 0)) and run.step < cfg.steps:
                 _save(run)
         _save(run)
-        provenance = run.task.provenance or default_provenance
-        return _export(run, provenance(cfg, dataset))
+        return _export(run, training_record(run.task, cfg, dataset, run.step))
     finally:
         bar.close()
         logger.close()
