@@ -19,11 +19,13 @@ import json
 import math
 import shutil
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from argen.io import atomic_write, atomic_write_text
@@ -54,6 +56,62 @@ class Views(Dataset):
         img_CHW, label = self.dataset[i]
         views = [img_CHW] if self.views == "none" else [img_CHW, img_CHW.flip(-1)]
         return torch.stack(views), label
+
+
+# Images per encoder call on CPU. Each call's activations then stay under glibc's mmap threshold (32 MB at
+# most) and reuse freed blocks, where 256-image calls fault in fresh pages (vq2_fmnist: 32 s of the 214 s of
+# CPU time for the 60k images went to the kernel). No fewer: from 32 images up oneDNN picks the convolution
+# kernels it picks for larger batches here (for 8 on one thread it picks others, which round differently), so
+# the codes are the ones one call on a whole batch gives (checked on all 60k train images, bench_tokenize.py).
+CPU_ENCODE_CHUNK = 32
+
+
+def tokenizer_encoder(
+    tokenizer: nn.Module, chunk: int | None = None
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The codes `argen tokenize` stores: images (B, C, H, W) in [-1, 1] -> (B, h, w) from a vq tokenizer, or
+    (B, L) over all scales from an msvq one.
+
+    On CPU with torch threads T > 1, T worker threads encode a batch's chunks at once, each running the ops of
+    its chunk on one thread. Threads splitting every op of a 32-image call instead meet at a barrier per op,
+    hundreds per batch, and on a loaded machine each waits for a descheduled thread: 512 images took 8x the
+    wall time of two 256-image calls that way, the workers a third of it (2 threads, load 9).
+
+    Args:
+        chunk: images per encoder call, a smaller remainder joining the call before it; None:
+            CPU_ENCODE_CHUNK on CPU, the whole batch on other devices.
+    """
+    if chunk is not None and chunk < 1:
+        raise ValueError(f"chunk must be >= 1 image, got {chunk}")
+    if tokenizer.kind == "msvq":
+
+        def encode(img_BCHW: torch.Tensor) -> torch.Tensor:
+            return torch.cat(tokenizer.img_to_idxBl(img_BCHW), dim=1)
+    else:
+        encode = tokenizer.encode
+    pool: list[ThreadPoolExecutor] = []  # made on first use, kept for the next batches
+
+    @torch.inference_mode()
+    def encode_on_one_thread(img_BCHW: torch.Tensor) -> torch.Tensor:
+        torch.set_num_threads(1)  # this worker's own setting (OpenMP and MKL keep one per thread)
+        return encode(img_BCHW)
+
+    @torch.inference_mode()
+    def encode_chunks(img_BCHW: torch.Tensor) -> torch.Tensor:
+        cpu, threads = img_BCHW.device.type == "cpu", torch.get_num_threads()
+        size = chunk or (CPU_ENCODE_CHUNK if cpu else len(img_BCHW))
+        starts = list(range(0, max(len(img_BCHW) - size + 1, 1), size))
+        parts = [img_BCHW[b:e] for b, e in zip(starts, [*starts[1:], len(img_BCHW)], strict=True)]
+        if not cpu or threads == 1 or len(parts) == 1:
+            return torch.cat([encode(part) for part in parts])
+        if not pool:
+            pool.append(ThreadPoolExecutor(threads, thread_name_prefix="argen-encode"))
+        try:
+            return torch.cat(list(pool[0].map(encode_on_one_thread, parts)))
+        finally:
+            torch.set_num_threads(threads)  # set_num_threads also sets the default of threads to come
+
+    return encode_chunks
 
 
 def store_dtype(vocab_size: int) -> str:

@@ -30,21 +30,14 @@ def cmd_distill(args: argparse.Namespace) -> None:
 
 def cmd_tokenize(args: argparse.Namespace) -> None:
     """Encode a dataset once: a token store folder (any number of torchrun ranks, resumable) or a `.npz`."""
-    import torch
-
     from argen.data import build_image_dataset, extract_tokens
     from argen.distributed import barrier, init_distributed
     from argen.models.checkpoints import load_model, tokenizer_fingerprint
-    from argen.token_store import write_token_store
+    from argen.token_store import tokenizer_encoder, write_token_store
 
     info = init_distributed(args.device)
     tok = load_model(args.tokenizer, info.device, expect=("vq", "msvq"))
-    if tok.kind == "msvq":
-
-        def encode(img: torch.Tensor) -> torch.Tensor:
-            return torch.cat(tok.img_to_idxBl(img), dim=1)
-    else:
-        encode = tok.encode
+    encode = tokenizer_encoder(tok)
     data = DataConfig(source=args.source, root=args.root, split=args.split, image_size=args.image_size)
     dataset = build_image_dataset(data)
     channels = dataset[0][0].shape[0] if len(dataset) else tok.config.in_channels

@@ -38,6 +38,27 @@ def _sq_dist(z_NC: torch.Tensor, e_VC: torch.Tensor) -> torch.Tensor:
         return d_NV.addmm_(z_NC, e_VC.T, alpha=-2, beta=1)
 
 
+# Distances per chunk of 2**20 (4 MB of fp32): a chunk stays in cache and reuses freed memory, where one
+# (N, V) matrix per batch (134 MB for 256 vq2_fmnist images) comes in fresh pages on every call. With `min`
+# rather than `argmin` (the same first index on ties, a faster CPU kernel): 44 ms instead of 152 there.
+_DIST_CHUNK = 2**20
+
+
+def _nearest_code(z_NC: torch.Tensor, e_VC: torch.Tensor) -> torch.Tensor:
+    """Index (N,) of the nearest code to each row by `_sq_dist`, the first one on ties, over chunks of rows.
+
+    Each chunk's distances are bitwise those of the whole matrix (the same addmm, and never on one row alone,
+    where BLAS switches to a matrix-vector kernel that rounds differently), so the codes do not depend on it.
+    """
+    n = len(z_NC)
+    rows = max(2, _DIST_CHUNK // len(e_VC))
+    starts = list(range(0, max(n - 1, 1), rows))  # a last single row joins the chunk before
+    idx_N = torch.empty(n, dtype=torch.long, device=z_NC.device)
+    for begin, end in zip(starts, [*starts[1:], n], strict=True):
+        idx_N[begin:end] = _sq_dist(z_NC[begin:end], e_VC).min(1).indices
+    return idx_N
+
+
 def _no_autocast(fn: Callable) -> Callable:
     """Run a quantizer method at its own precision: codes, residuals and phi convs must not drop to bf16."""
 
@@ -100,7 +121,7 @@ class VectorQuantizer(nn.Module):
         z_NC = z_BCHW.permute(0, 2, 3, 1).reshape(-1, C)
         if self.config.l2_norm:
             z_NC = F.normalize(z_NC, dim=-1)
-        return _sq_dist(z_NC.detach(), self.codebook().detach()).argmin(1).view(B, H, W)
+        return _nearest_code(z_NC.detach(), self.codebook().detach()).view(B, H, W)
 
     def embed(self, idx_BHW: torch.Tensor) -> torch.Tensor:
         """Codes (B, H, W) -> quantized latents (B, C, H, W)."""
@@ -230,7 +251,7 @@ class ResidualQuantizer(nn.Module):
         e_VC = self.embedding.weight.detach()
         if self.config.using_znorm:
             return (F.normalize(z_NC, dim=-1) @ F.normalize(e_VC.T, dim=0)).argmax(1)
-        return _sq_dist(z_NC, e_VC).argmin(1)
+        return _nearest_code(z_NC, e_VC)
 
     def upsampled_codes(self, si: int, h_BChw: torch.Tensor, side: int) -> torch.Tensor:
         """phi_si(bicubic upsample of a scale's code embeddings to the full side)."""

@@ -5,6 +5,7 @@ Shape legend: B batch, C channels, H/W image or latent size, Z z_channels, D cod
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,8 +99,19 @@ class AttnBlock(nn.Module):
         h = self.norm(x_BCHW)
         q, k, v = self.qkv(h).chunk(3, dim=1) if self.fused else (self.q(h), self.k(h), self.v(h))
         q, k, v = (t.reshape(B, 1, C, H * W).transpose(2, 3) for t in (q, k, v))
-        out_BCHW = attention(q, k, v).transpose(2, 3).reshape(B, C, H, W)
+        out_BCHW = _attend(q, k, v).transpose(2, 3).reshape(B, C, H, W)
         return x_BCHW + self.proj_out(out_BCHW)
+
+
+def _attend(q_B1LD: torch.Tensor, k_B1LD: torch.Tensor, v_B1LD: torch.Tensor) -> torch.Tensor:
+    """Full attention (B, 1, L, D). SDPA runs its math path on these strided views; on CPU in fp32 this is
+    that path's arithmetic, bitwise (tests/test_tokenizers.py), less its `_safe_softmax` checks for rows with
+    every key masked, which cannot occur without a mask and took a third of the attention's time."""
+    if q_B1LD.device.type != "cpu" or q_B1LD.dtype != torch.float32:
+        return attention(q_B1LD, k_B1LD, v_B1LD)  # (in bf16 the math path computes in fp32)
+    scale = math.sqrt(1.0 / math.sqrt(q_B1LD.shape[-1]))  # on q and on k, as SDPA's math path scales them
+    scores_B1LL = (q_B1LD * scale) @ (k_B1LD.transpose(-2, -1) * scale)
+    return torch.softmax(scores_B1LL, dim=-1) @ v_B1LD
 
 
 class Downsample(nn.Module):
