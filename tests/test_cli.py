@@ -215,3 +215,21 @@ def test_bench_against_times_two_models_side_by_side(files: dict, tmp_path: Path
     with pytest.raises(SystemExit) as e:
         main(_gen("bench", files["var"], files["msvq"], against=files["var"]))
     assert e.value.code == 2 and "--against names the model itself" in capsys.readouterr().err
+
+
+def test_help_states_each_default_once(monkeypatch) -> None:
+    import argparse
+    import re
+
+    from argen.cli import build_parser
+
+    monkeypatch.setenv("COLUMNS", "1000")  # no wrapping inside a flag's help
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert {"sample", "generate", "extend", "eval", "bench", "tokenize"} <= set(commands)
+    for name, sub in commands.items():
+        flags = re.split(r"\n  (?=-)", sub.format_help())  # one entry per flag
+        assert not [f for f in flags if f.count("(default") > 1], name
+        assert "(default: None)" not in sub.format_help() and "(default: False)" not in sub.format_help()
+    tokenize = commands["tokenize"].format_help()
+    assert "(default: 256)" in tokenize and "(default: the Debian location)" in tokenize
