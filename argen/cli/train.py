@@ -12,7 +12,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from argen.distributed import is_main
     from argen.training.loop import train
 
-    cfg = load_config(TrainConfig, args.config, args.set, base={"task": args.task})
+    cfg = load_config(TrainConfig, args.config, _with_dtype(args), base={"task": args.task})
     path = train(cfg, resume=args.resume or None)
     if is_main():
         print(f"model written to {path}")
@@ -23,9 +23,15 @@ def cmd_distill(args: argparse.Namespace) -> None:
     from argen.training.distill import DistillConfig
     from argen.training.loop import train
 
-    path = train(load_config(DistillConfig, args.config, args.set).train_config())
+    path = train(load_config(DistillConfig, args.config, _with_dtype(args)).train_config())
     if is_main():
         print(f"ActVAR written to {path}")
+
+
+def _with_dtype(args: argparse.Namespace) -> list[str]:
+    """`--dtype X` is `--set precision=X` (bf16 = autocast over fp32 master weights); given after the other
+    overrides, so it wins."""
+    return [*args.set, f"precision={args.dtype}"] if args.dtype else args.set
 
 
 def cmd_tokenize(args: argparse.Namespace) -> None:
@@ -77,12 +83,14 @@ def add_training(sub: argparse._SubParsersAction) -> None:
     p.add_argument("task", help="tokenizer | msvq | gpt | var | classifier")
     config_flags(p)
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in out_dir")
+    _precision_flag(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
         "distill", help="distill a dense VAR into a sparse ActVAR (two stages; torchrun: DDP/FSDP2)"
     )
     config_flags(p)
+    _precision_flag(p)
     p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser(
@@ -108,3 +116,12 @@ def add_training(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=positive_int, default=256, help="images per encoder batch (x views)")
     p.add_argument("--device", type=device, default="auto", help="auto | cpu | cuda | cuda:N")
     p.set_defaults(func=cmd_tokenize)
+
+
+def _precision_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dtype",
+        choices=("auto", "bf16", "fp32"),
+        help="training precision, the same as --set precision=X (bf16: autocast over fp32 master weights; "
+        "auto = bf16 where the device has bf16 units); unset: the config's precision",
+    )
