@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 
 import pytest
@@ -115,6 +117,15 @@ def test_side_by_side_interleaves_and_separates_cpu_from_wall_time() -> None:
     assert timed["spin"].result == "spun" and timed["sleep"].result == 8  # the last call's result
     assert timed["spin"].cpu_s >= 0.02 and timed["sleep"].wall_s >= 0.02
     assert timed["sleep"].cpu_s < 0.01  # sleeping costs wall-clock, not this process's CPU
+
+
+def test_side_by_side_counts_the_cpu_time_of_subprocesses() -> None:
+    spin = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass"
+    child, runs = [sys.executable, "-c", spin], []
+    timed = side_by_side({"child": lambda: runs.append(subprocess.run(child, check=True))}, 1, warmup=False)
+    assert len(runs) == 1  # no warm-up call
+    assert 0.25 <= timed["child"].cpu_s <= timed["child"].wall_s + 0.05  # the child's spin (10 ms ticks)
+    assert 0 <= timed["child"].sys_s < timed["child"].cpu_s
 
 
 def test_compare_samplers_reports_the_cpu_time_ratio_per_batch() -> None:

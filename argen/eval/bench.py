@@ -105,31 +105,41 @@ def _time_call(fn: Callable[[], Any], device: torch.device) -> float:
 
 @dataclass
 class SideBySide:
-    """One call's timing in `side_by_side`: median process CPU seconds and wall seconds per call, and what
-    its last call returned."""
+    """One call's timing in `side_by_side`: median CPU seconds, of them in the kernel (`sys_s`, to 10 ms), and
+    wall seconds per call, and what its last call returned."""
 
     cpu_s: float
+    sys_s: float
     wall_s: float
     result: Any
 
 
-def side_by_side(calls: dict[str, Callable[[], Any]], rounds: int) -> dict[str, SideBySide]:
-    """Time several calls against each other on a shared, noisy machine: one untimed call each, then `rounds`
-    rounds that call each in turn, so load falls on all alike; medians. CPU time is this process's
-    (`time.process_time`): with one thread, the compute the call used whatever else the machine runs."""
-    for fn in calls.values():  # warm-up
+def _cpu_times() -> tuple[float, float]:
+    """(CPU seconds, of them in the kernel) of this process and of its children waited for."""
+    t = os.times()
+    return time.process_time() + t.children_user + t.children_system, t.system + t.children_system
+
+
+def side_by_side(
+    calls: dict[str, Callable[[], Any]], rounds: int, warmup: bool = True
+) -> dict[str, SideBySide]:
+    """Time several calls against each other on a shared, noisy machine: one untimed call each (unless not
+    `warmup`: calls that each start a fresh process have nothing to warm), then `rounds` rounds that call each
+    in turn, so load falls on all alike; medians. CPU time is this process's (`time.process_time`) and that
+    of the subprocesses a call runs and waits for: with one thread, the compute the call used whatever else
+    the machine runs."""
+    for fn in calls.values() if warmup else ():
         fn()
-    cpu: dict[str, list[float]] = {name: [] for name in calls}
-    wall: dict[str, list[float]] = {name: [] for name in calls}
+    times: dict[str, list[tuple[float, float, float]]] = {name: [] for name in calls}
     last: dict[str, Any] = {}
     for _ in range(rounds):
         for name, fn in calls.items():
-            w0, c0 = time.perf_counter(), time.process_time()
+            w0, (c0, s0) = time.perf_counter(), _cpu_times()
             last[name] = fn()
-            cpu[name].append(time.process_time() - c0)
-            wall[name].append(time.perf_counter() - w0)
+            c1, s1 = _cpu_times()
+            times[name].append((c1 - c0, s1 - s0, time.perf_counter() - w0))
     return {
-        name: SideBySide(statistics.median(cpu[name]), statistics.median(wall[name]), last[name])
+        name: SideBySide(*(statistics.median(t) for t in zip(*times[name], strict=True)), last[name])
         for name in calls
     }
 
