@@ -38,20 +38,21 @@ def _sq_dist(z_NC: torch.Tensor, e_VC: torch.Tensor) -> torch.Tensor:
         return d_NV.addmm_(z_NC, e_VC.T, alpha=-2, beta=1)
 
 
-# Distances per chunk of 2**20 (4 MB of fp32): a chunk stays in cache and reuses freed memory, where one
-# (N, V) matrix per batch (134 MB for 256 vq2_fmnist images) comes in fresh pages on every call. With `min`
-# rather than `argmin` (the same first index on ties, a faster CPU kernel): 44 ms instead of 152 there.
+# Distances per chunk of 2**20 on CPU (4 MB of fp32): a chunk stays in cache and reuses freed memory, where
+# one (N, V) matrix per batch (134 MB for 256 vq2_fmnist images) comes in fresh pages on every call. With
+# `min` rather than `argmin` (the same first index on ties, a faster CPU kernel): 44 ms instead of 152 there.
 _DIST_CHUNK = 2**20
 
 
 def _nearest_code(z_NC: torch.Tensor, e_VC: torch.Tensor) -> torch.Tensor:
-    """Index (N,) of the nearest code to each row by `_sq_dist`, the first one on ties, over chunks of rows.
+    """Index (N,) of the nearest code to each row by `_sq_dist`, the first one on ties; on CPU over chunks of
+    rows, elsewhere in one.
 
     Each chunk's distances are bitwise those of the whole matrix (the same addmm, and never on one row alone,
     where BLAS switches to a matrix-vector kernel that rounds differently), so the codes do not depend on it.
     """
     n = len(z_NC)
-    rows = max(2, _DIST_CHUNK // len(e_VC))
+    rows = max(2, _DIST_CHUNK // len(e_VC)) if z_NC.device.type == "cpu" else max(n, 1)
     starts = list(range(0, max(n - 1, 1), rows))  # a last single row joins the chunk before
     idx_N = torch.empty(n, dtype=torch.long, device=z_NC.device)
     for begin, end in zip(starts, [*starts[1:], n], strict=True):
