@@ -121,12 +121,14 @@ class ServerProcess:
 def _run_setting(
     url: str, bodies: list[dict], clients: int, deadline: float, timeout: float
 ) -> dict[str, Any]:
-    """Send `bodies` from `clients` threads (each with one keep-alive connection); per request: status,
-    latency, batch size and image digests."""
+    """Send `bodies` from `clients` threads (each with one keep-alive connection), all starting at once;
+    per request: status, latency, batch size and image digests."""
     parts, lock, results, next_i = urlsplit(url), threading.Lock(), {}, iter(range(len(bodies)))
+    start = threading.Barrier(clients + 1)  # threads start over some milliseconds: release them together
 
     def client() -> None:
         conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+        start.wait()
         while time.monotonic() < deadline:
             with lock:
                 i = next(next_i, None)
@@ -153,9 +155,10 @@ def _run_setting(
         conn.close()
 
     threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
-    t0 = time.perf_counter()
     for t in threads:
         t.start()
+    start.wait()
+    t0 = time.perf_counter()
     for t in threads:
         t.join(max(0.0, deadline - time.monotonic()) + timeout + 5)
     return {"wall_s": time.perf_counter() - t0, "results": results, "sent": len(bodies)}
