@@ -40,6 +40,7 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture) -> dict:
 
 def test_reconstruct_without_fid_reports_psnr_usage_and_picture(files, test_images, tmp_path, capsys):
     argv = ["reconstruct", "--tokenizer", str(files["vq"]), "--n", str(N), "--no-fid", "--out", str(tmp_path)]
+    argv += ["--dtype", "fp32"]  # compared with an fp32 computation below (auto is bf16 on bf16 hardware)
     rep = _run([*argv, "--set", f"out={tmp_path / 'r.json'}", "--set", "progress=false"], capsys)
     assert rep == json.loads((tmp_path / "r.json").read_text())
     imgs, _ = test_images
@@ -57,6 +58,7 @@ def test_reconstructions_are_scored_like_samples(files, test_images, tmp_path, m
     scoring = ["features=classifier", f"classifier={clf}", "ref_n=60", "kid_subsets=3", "kid_subset_size=12"]
     scoring += ["progress=false", f"out={tmp_path / 'r.json'}"]
     argv = ["reconstruct", "--tokenizer", str(files["vq"]), "--n", str(N), "--out", str(tmp_path)]
+    argv += ["--dtype", "fp32"]
     rep = _run([*argv, *(a for s in scoring for a in ("--set", s))], capsys)
     assert rep == json.loads((tmp_path / "r.json").read_text())
     assert rep["n"] == N and rep["floor"]["n"] == N and "reconstructions of the first 24" in rep["scored"]

@@ -238,7 +238,10 @@ def test_full_queue_503_a_client_that_leaves_frees_its_place_and_sigterm_drains(
         proc.stop()
 
 
-def test_cli_refuses_a_model_it_cannot_load(capsys) -> None:
+def test_cli_refuses_a_model_it_cannot_load(capsys, monkeypatch) -> None:
+    # `argen serve` sets MKL_CBWR for its own process; run in-process, it must not leak to later tests'
+    # subprocesses (their fp32 matmuls would then sum differently from this process's)
+    monkeypatch.setenv("MKL_CBWR", "AUTO")
     with pytest.raises(SystemExit) as exc:
         main(["serve", "--model", "no_such_model", "--port", "0"])
     assert exc.value.code == 2 and "argen serve: error:" in capsys.readouterr().err
