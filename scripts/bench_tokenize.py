@@ -86,9 +86,14 @@ def seconds(wall_s: float, cpu_s: float, sys_s: float) -> dict:
     return {"wall_s": round(wall_s, 2), "cpu_s": round(cpu_s, 2), "sys_s": round(sys_s, 2)}
 
 
-def subset_rows(args: argparse.Namespace, old: Path, work: Path) -> dict:
+def save(report: dict, args: argparse.Namespace) -> None:
+    """Write the report as it stands (after every row: a long run that fails keeps what it measured)."""
+    report["load_avg_1min"][1] = round(os.getloadavg()[0], 2)
+    atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")  # (makes the folder)
+
+
+def subset_rows(args: argparse.Namespace, old: Path, work: Path, report: dict) -> None:
     root, tiny = fmnist_subset(work / "subset", args.images), fmnist_subset(work / "tiny", 64)
-    rows: dict = {}
     for tok in args.tokenizers:
         for threads in args.threads:
             trees = {"old": old, "new": ROOT}
@@ -99,18 +104,20 @@ def subset_rows(args: argparse.Namespace, old: Path, work: Path) -> dict:
             }
             t = side_by_side(calls, args.rounds, warmup=False)  # fresh processes: nothing to warm
             net = {name: t[name].cpu_s - t[f"{name}_startup"].cpu_s for name in trees}
+            net_wall = {name: t[name].wall_s - t[f"{name}_startup"].wall_s for name in trees}
             row = {name: seconds(x.wall_s, x.cpu_s, x.sys_s) for name, x in t.items()}
             row.update(
                 wall_ratio=round(t["old"].wall_s / t["new"].wall_s, 2),
                 cpu_ratio=round(t["old"].cpu_s / t["new"].cpu_s, 2),
                 cpu_ratio_less_startup=round(net["old"] / net["new"], 2),
+                wall_ratio_less_startup=round(net_wall["old"] / net_wall["new"], 2),
                 ms_cpu_per_image={name: round(1e3 * net[name] / args.images, 2) for name in trees},
                 load_avg_1min_after=round(os.getloadavg()[0], 2),
                 **compare(t["old"].result, t["new"].result),
             )
-            rows.setdefault(tok, {})[f"threads_{threads}"] = row
+            report["subset"].setdefault(tok, {})[f"threads_{threads}"] = row
+            save(report, args)
             print(tok, threads, json.dumps(row), flush=True)
-    return rows
 
 
 def tokenize_once(tree: Path, threads: int, tokenizer: str, out: Path) -> tuple[dict, Path]:
@@ -122,8 +129,7 @@ def tokenize_once(tree: Path, threads: int, tokenizer: str, out: Path) -> tuple[
     return seconds(time.perf_counter() - w0, cpu, t1.children_system - t0.children_system), out
 
 
-def full_rows(args: argparse.Namespace, old: Path, work: Path) -> dict:
-    rows = {}
+def full_rows(args: argparse.Namespace, old: Path, work: Path, report: dict) -> None:
     for tok in args.tokenizers:
         row: dict = {"images": len(read_idx(_find_idx(FASHION_MNIST_DIR, "train-labels-idx1-ubyte")))}
         reference = Path(args.reference[tok]) if tok in args.reference else None
@@ -131,9 +137,9 @@ def full_rows(args: argparse.Namespace, old: Path, work: Path) -> dict:
             row["old"], reference = tokenize_once(old, args.full_threads, tok, work / f"{tok}_old.npz")
         row["new"], out = tokenize_once(ROOT, args.full_threads, tok, work / f"{tok}.npz")
         row.update(reference=str(reference), **compare(reference, out))
-        rows[tok] = row
+        report.setdefault("full", {})[tok] = row
+        save(report, args)
         print(tok, "full", json.dumps(row), flush=True)
-    return rows
 
 
 def main() -> None:
@@ -155,7 +161,6 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
         old = export_tree(args.base, work / "old")
-        load_before = os.getloadavg()
         report = {
             "command": "python scripts/bench_tokenize.py " + " ".join(sys.argv[1:]),
             "base": args.base,
@@ -167,14 +172,14 @@ def main() -> None:
             "dtype": "fp32 (tokenizer weights and arithmetic: the tokenize command has no dtype)",
             "time": "process CPU time (user + sys, all threads) and wall-clock of each CLI run, medians of "
             "interleaved rounds; *_startup = the same CLI on 64 images (imports, model load)",
+            "load_avg_1min": [round(os.getloadavg()[0], 2), None],  # at the start, at the last row
             "images": args.images,
             "rounds": args.rounds,
-            "subset": subset_rows(args, old, work),
+            "subset": {},
         }
+        subset_rows(args, old, work, report)
         if args.full:
-            report["full"] = full_rows(args, old, work)
-        report["load_avg_1min"] = [load_before[0], os.getloadavg()[0]]
-    atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")  # (makes the folder)
+            full_rows(args, old, work, report)
     print(json.dumps(report, indent=2))
 
 
