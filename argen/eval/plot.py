@@ -126,15 +126,7 @@ def plot_quality_speed(
     ax.set_xlabel(f"{x_key} ({'log scale, ' if log_x else ''}higher is faster)")
     ax.set_ylabel(f"{y_key} (lower is better)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    out = Path(out).with_suffix(".png")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, lambda p: fig.savefig(p, format=Path(out).suffix.lstrip(".") or "png"))
-    plt.close(fig)
-    return out
+    return _finish(fig, ax, title, out)
 
 
 def plot_learning_curves(
@@ -170,6 +162,13 @@ def plot_learning_curves(
     ax.set_xlabel(x_label)
     ax.set_ylabel(y_label)
     ax.grid(True, alpha=0.3)
+    return _finish(fig, ax, title, out)
+
+
+def _finish(fig, ax, title: str | None, out: str | Path) -> Path:
+    """Legend and title, then the figure written atomically as `out` (.png) and closed."""
+    import matplotlib.pyplot as plt
+
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title)
