@@ -50,4 +50,4 @@ test-slow: setup
 	$(BIN)/python -m pytest -m slow
 
 lint: setup
-	$(BIN)/ruff check argen tests && $(BIN)/ruff format --check argen tests
+	$(BIN)/ruff check argen benchmarks tests && $(BIN)/ruff format --check argen benchmarks tests
