@@ -4,7 +4,8 @@ Large temporaries and glibc: an allocation above malloc's mmap threshold (at mos
 the kernel, and freeing it returns them, so a tensor of that size allocated in every sampling step pays page
 faults (zero-filling) on every touch. On this project's 2-core AVX2 EPYC a 78 MB gather took 388 ms that way
 and 62 ms once freed memory was kept; ActVAR sampling at VAR-d16 size went from 19.6 s to 15.7 s per image
-(dense VAR: 21.5 s and 21.9 s, its tensors being smaller) - see scripts/profile_actvar.py and the README.
+(dense VAR: 21.5 s and 21.9 s, its tensors being smaller) - see
+`python -m benchmarks actvar_speed` and the README.
 """
 
 from __future__ import annotations
