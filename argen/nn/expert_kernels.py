@@ -116,11 +116,12 @@ def masked_expert_ffn(
 
 # Grouped (segment) expert FFN time over the dense FFN's time at the same token count, per unit of the
 # FLOPs fraction k/E it computes, by hidden units per expert M, and the masked form's time over dense (its
-# routing and mask). Measured by scripts/moe_crossover.py, results/cpu/moe_crossover.json: fp32, one
-# thread, process CPU time, freed memory kept, idle 2-core AVX2 EPYC, widths 128-1024, k/E 0.25-0.75,
-# against the dense FFN as VAR runs it. The table keeps the largest cost measured per M, so grouped runs
-# only where it paid in every measurement at that width (with median costs, 8 of 16 32-unit experts ran
-# grouped in actvar_fast_fmnist and lost 6%). Grouped runs where (k / E) * cost(M) < the masked cost.
+# routing and mask). Measured by `python -m benchmarks moe_crossover --threads 1`
+# (results/cpu/moe_crossover.json): fp32, one thread, process CPU time, freed memory kept, idle 2-core AVX2
+# EPYC, widths 128-1024, k/E 0.25-0.75, against the dense FFN as VAR runs it. The table keeps the largest
+# cost measured per M, so grouped runs only where it paid in every measurement at that width (with median
+# costs, 8 of 16 32-unit experts ran grouped in actvar_fast_fmnist and lost 6%). Grouped runs where
+# (k / E) * cost(M) < the masked cost.
 GROUPED_COST_CPU = {32: 2.28, 64: 1.86, 128: 1.43, 256: 1.21, 512: 1.11}
 MASKED_COST_CPU = 1.1
 
