@@ -135,7 +135,7 @@ def generate_flags(p: argparse.ArgumentParser, model_required: bool = True) -> N
         const=-1.0,
         metavar="THRESHOLD",
         help="EAR: confidence-adaptive passes; the threshold in (0, 1) (bare --adaptive: the default, "
-        "chosen by scripts/adaptive_fmnist.sh)",
+        "chosen by `python -m benchmarks adaptive`)",
     )
     p.add_argument("--batch-size", type=positive_int, default=32, help="images per forward batch")
     p.add_argument("--device", type=device, default="auto", help="auto | cpu | cuda | cuda:N")
