@@ -1,11 +1,19 @@
-"""Write the shipped models as model folders (config.json + model.safetensors + model card).
+"""Release tools for the shipped models: `asset` copies a trained model into argen/assets/, `card` writes the
+shipped models as model folders with their cards.
 
-python scripts/export_pretrained.py [--out out/pretrained] [NAME ...]     (default: every shipped model)
+python scripts/ship.py asset runs/vq2_fmnist/model.safetensors vq2_fmnist
+python scripts/ship.py asset runs/ear2_fmnist/model.safetensors ear_fmnist \
+    --sampling results/fmnist/sweep/ear31.json
+python scripts/ship.py card [--out out/pretrained] [NAME ...]     (default: every shipped model)
 
-The weights keep their shipped dtype (the loaded model is bit for bit the shipped one); the card carries the
-command and training config that made the model and the measured FID / class accuracy / CPU speed from
-results/fmnist/. Each folder loads with `from_pretrained(folder)` and is accepted by every `--model` /
-`--tokenizer` flag; it can be uploaded to the Hugging Face Hub as is.
+asset: the model goes to argen/assets/NAME/ as a model folder in bf16 (the shipped form), keeping its
+training record; --sampling stores the settings a sweep chose (`python -m benchmarks sweep`) as the model's
+own sampling defaults. `ship.py card NAME --out argen/assets` then writes its full card.
+
+card: the weights keep their shipped dtype (the loaded model is bit for bit the shipped one); the card carries
+the command and training config that made the model and the measured FID / class accuracy / CPU speed from
+results/fmnist/ (`python -m benchmarks results`). Each folder loads with `from_pretrained(folder)` and is
+accepted by every `--model` / `--tokenizer` flag; it can be uploaded to the Hugging Face Hub as is.
 """
 
 from __future__ import annotations
@@ -13,6 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+import torch
 
 from argen.models.checkpoints import ASSETS, load_model, model_files, read_meta, read_safetensors
 from argen.models.pretrained import save_pretrained
@@ -61,6 +71,18 @@ LANES = {
 }
 
 
+def ship_asset(src: str, name: str, sweep: str | None) -> None:
+    """Copy the trained model `src` into argen/assets/NAME/ in bf16, with a sweep's choice as its defaults."""
+    meta = read_meta(src)
+    # the settings a sweep chose (benchmarks/sweep.py), as SamplingConfig fields
+    sampling = (json.loads(Path(sweep).read_text())["sampling"] if sweep else None) or meta.get("sampling")
+    folder = save_pretrained(
+        load_model(src), ASSETS / name, torch.bfloat16, meta.get("trained_with"), sampling=sampling
+    )
+    size = (folder / "model.safetensors").stat().st_size / 1e6
+    print(f"{folder} ({size:.2f} MB), sampling defaults {sampling}")
+
+
 def describe(name: str) -> str:
     """The card's provenance line: the command that made the model, its config and its lane."""
     config, command, _, _ = PROVENANCE[name]
@@ -90,12 +112,9 @@ def numbers(result: str | None, setting: str) -> dict[str, object]:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("names", nargs="*", default=sorted(PROVENANCE), help="shipped model names")
-    parser.add_argument("--out", default="out/pretrained", help="parent folder of the model folders")
-    args = parser.parse_args()
-    for name in args.names:
+def ship_cards(names: list[str], out: str) -> None:
+    """Write each shipped model `name` as the model folder `out/name` with its full card."""
+    for name in names:
         if name not in PROVENANCE:
             raise SystemExit(f"unknown shipped model {name!r}; known: {sorted(PROVENANCE)}")
         _, _, result, setting = PROVENANCE[name]
@@ -104,13 +123,32 @@ def main() -> None:
         meta = read_meta(ASSETS / name)
         folder = save_pretrained(
             load_model(ASSETS / name, dtype=stored),
-            Path(args.out) / name,
+            Path(out) / name,
             trained_with=meta.get("trained_with"),
             description=describe(name),
             numbers=numbers(result, setting),
             sampling=meta.get("sampling"),
         )
         print(folder)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("asset", help="copy a trained model into argen/assets/NAME/ (bf16 model folder)")
+    p.add_argument("src", help="trained model file")
+    p.add_argument("name", help="asset name (argen/assets/NAME/)")
+    p.add_argument("--sampling", help="sweep JSON whose chosen settings become the model's defaults")
+    p = sub.add_parser("card", help="write the shipped models as model folders with their cards")
+    p.add_argument("names", nargs="*", default=sorted(PROVENANCE), help="shipped model names")
+    p.add_argument("--out", default="out/pretrained", help="parent folder of the model folders")
+    args = parser.parse_args()
+    if args.command == "asset":
+        ship_asset(args.src, args.name, args.sampling)
+    else:
+        ship_cards(args.names, args.out)
 
 
 if __name__ == "__main__":
