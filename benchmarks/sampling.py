@@ -89,17 +89,21 @@ def actvar_file(var_file: str, budget: str, overrides: dict[str, Any]) -> str:
     return str(out)
 
 
+def model_file(spec: str | tuple[str, str, dict[str, Any]]) -> str:
+    """A shipped model's name or a file as it is; (task, preset, overrides): that random-weight model's file
+    (`benchmarks.common.random_model`, made on first use)."""
+    if isinstance(spec, str):
+        return spec
+    task, preset, overrides = spec
+    return common.random_model(task, preset, **overrides)
+
+
 def model_files(size: str, needed: set[str]) -> dict[str, str]:
     """The `needed` model files of `size` (random weights, made on first use under benchmarks.common.WORK)."""
     spec = SIZES[size]
 
     def make(name: str) -> str:
-        if name.startswith("actvar"):
-            return actvar_file(make("var"), *spec[name])
-        if isinstance(spec[name], str):
-            return spec[name]
-        task, preset, overrides = spec[name]
-        return common.random_model(task, preset, **overrides)
+        return actvar_file(make("var"), *spec[name]) if name.startswith("actvar") else model_file(spec[name])
 
     return {name: make(name) for name in needed}
 
