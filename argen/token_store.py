@@ -62,7 +62,8 @@ class Views(Dataset):
 # most) and reuse freed blocks, where 256-image calls fault in fresh pages (vq2_fmnist: 32 s of the 214 s of
 # CPU time for the 60k images went to the kernel). No fewer: from 32 images up oneDNN picks the convolution
 # kernels it picks for larger batches here (for 8 on one thread it picks others, which round differently), so
-# the codes are the ones one call on a whole batch gives (checked on all 60k train images, bench_tokenize.py).
+# the codes are the ones one call on a whole batch gives (checked on all 60k train images:
+# `python -m benchmarks tokenize --full`).
 CPU_ENCODE_CHUNK = 32
 
 

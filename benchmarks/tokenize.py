@@ -6,8 +6,10 @@ cut to N in the work folder), then both on 64 images (the start-up both pay: imp
 fresh process, in turn (`argen.eval.bench.side_by_side`, medians), so load from other jobs falls on all alike.
 The codes of the two trees are compared. With --full, this tree then tokenizes all 60k train images once,
 its codes compared with a reference made by the old code (--reference TOKENIZER=FILE, or made here).
+The smoke run compares this tree with its own last commit (--base HEAD): the codes must be identical.
+Backs the tokenize speed numbers of results/cpu/tokenize_speed.json.
 
-    python scripts/bench_tokenize.py --threads 2,1 --images 2048 --full \
+    python -m benchmarks tokenize --cli-threads 2,1 --images 2048 --full \\
         --reference vq2_fmnist=data/vq2_train_ref.npz --out results/cpu/tokenize_speed.json
 """
 
@@ -22,20 +24,33 @@ import tempfile
 import time
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from argen.data import FASHION_MNIST_DIR, _find_idx, read_idx
-from argen.device import cpu_flags, cpu_model
 from argen.eval.bench import side_by_side
-from argen.io import atomic_write_text
+
+SMOKE = ["--base", "HEAD", "--tokenizers", "vq2_fmnist", "--images", "256", "--rounds", "1"]
+SMOKE += ["--cli-threads", "1"]
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = "be6c892"  # the last commit before the fast path
+STARTUP_IMAGES = 64
 
 
-def git(*args: str) -> str:
-    return subprocess.run(["git", *args], cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip()
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--base", default=BASE, help=f"git revision of the old code (default: {BASE})")
+    p.add_argument("--tokenizers", default="vq2_fmnist,msvq2_fmnist", help="comma-separated")
+    p.add_argument("--images", type=int, default=8192, help="images per timed call")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument(
+        "--cli-threads", default="2,1", help="torch threads of the timed CLI runs, comma-separated"
+    )
+    p.add_argument("--full", action="store_true", help="also tokenize all 60k train images once and compare")
+    p.add_argument("--full-threads", type=int, default=2, help="torch threads of the --full runs")
+    p.add_argument("--reference", action="append", default=[], metavar="TOKENIZER=FILE", help="for --full")
+    p.add_argument("--work", help="work folder (default: a temporary one)")
 
 
 def export_tree(rev: str, dest: Path) -> Path:
@@ -70,33 +85,29 @@ def tokenize(tree: Path, threads: int, tokenizer: str, out: Path, root: Path | N
     return out
 
 
-def compare(a: Path, b: Path) -> dict:
+def compare(a: Path, b: Path) -> dict[str, Any]:
     with np.load(a) as fa, np.load(b) as fb:
         codes_a, codes_b = fa["codes"], fb["codes"]
         same_labels = bool(np.array_equal(fa["labels"], fb["labels"]))
     mismatches = int((codes_a != codes_b).sum()) if codes_a.shape == codes_b.shape else -1
     return {
+        "codes": list(codes_b.shape),
         "codes_identical": mismatches == 0,
         "code_mismatches": mismatches,
         "labels_identical": same_labels,
     }
 
 
-def seconds(wall_s: float, cpu_s: float, sys_s: float) -> dict:
+def seconds(wall_s: float, cpu_s: float, sys_s: float) -> dict[str, float]:
     return {"wall_s": round(wall_s, 2), "cpu_s": round(cpu_s, 2), "sys_s": round(sys_s, 2)}
 
 
-def save(report: dict, args: argparse.Namespace) -> None:
-    """Write the report as it stands (after every row: a long run that fails keeps what it measured)."""
-    report["load_avg_1min"][1] = round(os.getloadavg()[0], 2)
-    atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")  # (makes the folder)
-
-
-def subset_rows(args: argparse.Namespace, old: Path, work: Path, report: dict) -> None:
-    root, tiny = fmnist_subset(work / "subset", args.images), fmnist_subset(work / "tiny", 64)
-    for tok in args.tokenizers:
-        for threads in args.threads:
-            trees = {"old": old, "new": ROOT}
+def subset_rows(args: argparse.Namespace, old: Path, work: Path) -> dict[str, Any]:
+    root, tiny = fmnist_subset(work / "subset", args.images), fmnist_subset(work / "tiny", STARTUP_IMAGES)
+    rows: dict[str, Any] = {}
+    trees = {"old": old, "new": ROOT}
+    for tok in args.tokenizers.split(","):
+        for threads in [int(t) for t in args.cli_threads.split(",")]:
             calls = {
                 f"{name}{part}": partial(tokenize, tree, threads, tok, work / f"{tok}_{name}{part}.npz", data)
                 for part, data in (("", root), ("_startup", tiny))
@@ -105,7 +116,7 @@ def subset_rows(args: argparse.Namespace, old: Path, work: Path, report: dict) -
             t = side_by_side(calls, args.rounds, warmup=False)  # fresh processes: nothing to warm
             net = {name: t[name].cpu_s - t[f"{name}_startup"].cpu_s for name in trees}
             net_wall = {name: t[name].wall_s - t[f"{name}_startup"].wall_s for name in trees}
-            row = {name: seconds(x.wall_s, x.cpu_s, x.sys_s) for name, x in t.items()}
+            row: dict[str, Any] = {name: seconds(x.wall_s, x.cpu_s, x.sys_s) for name, x in t.items()}
             row.update(
                 wall_ratio=round(t["old"].wall_s / t["new"].wall_s, 2),
                 cpu_ratio=round(t["old"].cpu_s / t["new"].cpu_s, 2),
@@ -115,12 +126,14 @@ def subset_rows(args: argparse.Namespace, old: Path, work: Path, report: dict) -
                 load_avg_1min_after=round(os.getloadavg()[0], 2),
                 **compare(t["old"].result, t["new"].result),
             )
-            report["subset"].setdefault(tok, {})[f"threads_{threads}"] = row
-            save(report, args)
-            print(tok, threads, json.dumps(row), flush=True)
+            rows.setdefault(tok, {})[f"threads_{threads}"] = row
+            print(
+                tok, threads, json.dumps(row), file=sys.stderr, flush=True
+            )  # a long run's rows as they come
+    return rows
 
 
-def tokenize_once(tree: Path, threads: int, tokenizer: str, out: Path) -> tuple[dict, Path]:
+def tokenize_once(tree: Path, threads: int, tokenizer: str, out: Path) -> tuple[dict[str, float], Path]:
     """`tokenize` on all train images, timed once (no warm-up: a full run is long)."""
     w0, t0 = time.perf_counter(), os.times()
     tokenize(tree, threads, tokenizer, out)
@@ -129,59 +142,50 @@ def tokenize_once(tree: Path, threads: int, tokenizer: str, out: Path) -> tuple[
     return seconds(time.perf_counter() - w0, cpu, t1.children_system - t0.children_system), out
 
 
-def full_rows(args: argparse.Namespace, old: Path, work: Path, report: dict) -> None:
-    for tok in args.tokenizers:
-        row: dict = {"images": len(read_idx(_find_idx(FASHION_MNIST_DIR, "train-labels-idx1-ubyte")))}
-        reference = Path(args.reference[tok]) if tok in args.reference else None
+def full_rows(args: argparse.Namespace, old: Path, work: Path) -> dict[str, Any]:
+    references = dict(r.split("=", 1) for r in args.reference)
+    rows = {}
+    for tok in args.tokenizers.split(","):
+        row: dict[str, Any] = {
+            "images": len(read_idx(_find_idx(FASHION_MNIST_DIR, "train-labels-idx1-ubyte")))
+        }
+        reference = Path(references[tok]) if tok in references else None
         if reference is None:
             row["old"], reference = tokenize_once(old, args.full_threads, tok, work / f"{tok}_old.npz")
         row["new"], out = tokenize_once(ROOT, args.full_threads, tok, work / f"{tok}.npz")
         row.update(reference=str(reference), **compare(reference, out))
-        report.setdefault("full", {})[tok] = row
-        save(report, args)
-        print(tok, "full", json.dumps(row), flush=True)
+        rows[tok] = row
+        print(tok, "full", json.dumps(row), file=sys.stderr, flush=True)
+    return rows
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--base", default=BASE, help="git revision of the old code")
-    p.add_argument("--tokenizers", default="vq2_fmnist,msvq2_fmnist", help="comma-separated")
-    p.add_argument("--images", type=int, default=8192, help="images per timed call")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--threads", default="2,1", help="torch threads of the timed runs, comma-separated")
-    p.add_argument("--full", action="store_true", help="also tokenize all 60k train images once and compare")
-    p.add_argument("--full-threads", type=int, default=2, help="torch threads of the --full runs")
-    p.add_argument("--reference", action="append", default=[], metavar="TOKENIZER=FILE", help="for --full")
-    p.add_argument("--work", help="work folder (default: a temporary one)")
-    p.add_argument("--out", default="results/cpu/tokenize_speed.json")
-    args = p.parse_args()
-    args.tokenizers = args.tokenizers.split(",")
-    args.threads = [int(t) for t in args.threads.split(",")]
-    args.reference = dict(r.split("=", 1) for r in args.reference)
+def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
         old = export_tree(args.base, work / "old")
-        report = {
-            "command": "python scripts/bench_tokenize.py " + " ".join(sys.argv[1:]),
+        base = subprocess.run(
+            ["git", "rev-parse", "--short", args.base], cwd=ROOT, capture_output=True, text=True
+        )
+        report: dict[str, Any] = {
             "base": args.base,
-            "head": git("rev-parse", "--short", "HEAD"),
-            "cpu": cpu_model(),
-            "cores": os.cpu_count(),
-            "bf16_units": sorted(cpu_flags() & {"amx_bf16", "avx512_bf16"}),
-            "threads": {"timed": args.threads, "full": args.full_threads},
+            "base_commit": base.stdout.strip(),
+            "threads": {"timed": args.cli_threads, "full": args.full_threads},
             "dtype": "fp32 (tokenizer weights and arithmetic: the tokenize command has no dtype)",
             "time": "process CPU time (user + sys, all threads) and wall-clock of each CLI run, medians of "
-            "interleaved rounds; *_startup = the same CLI on 64 images (imports, model load)",
-            "load_avg_1min": [round(os.getloadavg()[0], 2), None],  # at the start, at the last row
+            f"interleaved rounds; *_startup = the same CLI on {STARTUP_IMAGES} images (imports, model load)",
             "images": args.images,
             "rounds": args.rounds,
-            "subset": {},
+            "subset": subset_rows(args, old, work),
         }
-        subset_rows(args, old, work, report)
         if args.full:
-            full_rows(args, old, work, report)
-    print(json.dumps(report, indent=2))
+            report["full"] = full_rows(args, old, work)
+    return report
 
 
-if __name__ == "__main__":
-    main()
+def check(result: dict[str, Any]) -> None:
+    (row,) = result["subset"]["vq2_fmnist"].values()
+    assert row["codes_identical"] and row["code_mismatches"] == 0 and row["labels_identical"]
+    assert row["codes"][0] == result["images"] == 256  # both trees tokenized the whole subset
+    for name in ("old", "new", "old_startup", "new_startup"):
+        assert row[name]["wall_s"] > 0 and row[name]["cpu_s"] > 0, name
+    assert row["wall_ratio"] > 0 and row["cpu_ratio"] > 0
