@@ -1,7 +1,8 @@
 """The README and docs/*.md hold only commands that work: every `argen` line in their ```bash blocks parses
 (argen's flags, and torchrun's own parser for the torchrun lines), its --config/--set values load into the
-config they name, the cheap ones run, every `argen SUBCOMMAND` they name exists, and every file they point
-at (configs/, scripts/, docs/, tests/ paths, relative links and pictures) is in the repository."""
+config they name, the cheap ones run, every `argen SUBCOMMAND` they name exists, every `python -m benchmarks
+NAME ...` they show names a benchmark and parses with its options, and every file they point at (configs/,
+scripts/, docs/, tests/ paths, relative links and pictures) is in the repository."""
 
 from __future__ import annotations
 
@@ -53,6 +54,17 @@ def _argv(line: str) -> tuple[list[str], list[str] | None]:
 COMMANDS = [(_name(page), line) for page in PAGES for line in argen_commands(page)]
 
 
+def benchmark_commands(page: Path) -> list[str]:
+    """The `python -m benchmarks ...` commands of a page's ```bash lines and inline code spans (environment
+    settings before them dropped, placeholders such as `...` left out)."""
+    spans = re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", page.read_text(), flags=re.S))
+    found = (re.search(r"python -m benchmarks\b.*", line) for line in [*bash_lines(page), *spans])
+    return [m.group(0) for m in found if m and "..." not in m.group(0)]
+
+
+BENCHMARK_COMMANDS = [(_name(page), line) for page in PAGES for line in benchmark_commands(page)]
+
+
 def test_the_pages_have_commands() -> None:
     assert (REPO / "README.md").read_text().count("\n") < 300, "the README stays under 300 lines"
     assert {p.name for p in PAGES} >= {
@@ -64,6 +76,7 @@ def test_the_pages_have_commands() -> None:
         "05-benchmarks-results.md",
     }
     assert len(COMMANDS) > 60
+    assert any(line.startswith("python -m benchmarks ") for _, line in BENCHMARK_COMMANDS)
     for page in PAGES:
         if page.name[:2].isdigit() or page.name == "README.md":
             assert argen_commands(page), f"{_name(page)} shows no argen command"
@@ -90,6 +103,20 @@ def test_command_parses_and_its_config_loads(page: str, line: str, monkeypatch) 
         from argen.eval.evaluate import EvalConfig
 
         load_config(EvalConfig, args.config, args.set)
+
+
+@pytest.mark.parametrize("page,line", BENCHMARK_COMMANDS)
+def test_benchmark_command_parses(page: str, line: str) -> None:
+    from benchmarks import runner
+
+    name, *argv = shlex.split(line)[3:] or ["list"]
+    if name == "list":
+        return  # `python -m benchmarks` lists them
+    assert name in runner.names(), f"{page}: no benchmark {name!r} in `{line}`; there are {runner.names()}"
+    try:
+        runner.parser_for(name, runner.load(name)).parse_args(argv)  # parsed only, not run
+    except SystemExit as stop:
+        pytest.fail(f"{page}: `{line}` does not parse (argparse exit {stop.code})")
 
 
 def test_cheap_commands_run(tmp_path: Path, capsys, monkeypatch) -> None:
