@@ -2,7 +2,7 @@
 shipped models as model folders with their cards.
 
 python scripts/ship.py asset runs/vq2_fmnist/model.safetensors vq2_fmnist
-python scripts/ship.py asset runs/ear2_fmnist/model.safetensors ear_fmnist \
+python scripts/ship.py asset runs/ear3_fmnist/model.safetensors ear_fmnist \
     --sampling results/fmnist/sweep/ear31.json
 python scripts/ship.py card [--out out/pretrained] [NAME ...]     (default: every shipped model)
 
@@ -33,9 +33,9 @@ RESULTS = REPO / "results" / "fmnist"
 PROVENANCE = {
     "vq2_fmnist": ("configs/vq2_fmnist.json", "argen train tokenizer", None, ""),
     "msvq2_fmnist": ("configs/msvq2_fmnist.json", "argen train msvq", None, ""),
-    "raster_fmnist": ("configs/raster2_fmnist.json", "argen train gpt", "raster", "256 passes"),
-    "ear_fmnist": ("configs/ear2_fmnist.json", "argen train gpt", "ear31", "31 passes"),
-    "ear_any_fmnist": ("configs/ear_any2_fmnist.json", "argen train gpt", "ear_any31", "31 passes"),
+    "raster_fmnist": ("configs/raster3_fmnist.json", "argen train gpt", "raster", "256 passes"),
+    "ear_fmnist": ("configs/ear3_fmnist.json", "argen train gpt", "ear31", "31 passes"),
+    "ear_any_fmnist": ("configs/ear_any3_fmnist.json", "argen train gpt", "ear_any31", "31 passes"),
     "var_fmnist": ("configs/var2_fmnist.json", "argen train var", "var", "10 scales"),
     "actvar_fmnist": ("configs/actvar2_long_fmnist.json", "argen distill", "actvar", "10 scales"),
     "actvar_fast_fmnist": ("configs/actvar2_fast_fmnist.json", "argen distill", "actvar_fast", "10 scales"),
@@ -61,9 +61,9 @@ PROVENANCE = {
 # the lane of scripts/train_fmnist.sh that ran a generator's command
 LANES = {
     "var_fmnist": "a",
-    "ear_fmnist": "b",
-    "ear_any_fmnist": "b",
-    "raster_fmnist": "b",
+    "ear_fmnist": "f",
+    "ear_any_fmnist": "f",
+    "raster_fmnist": "g",
     "actvar_fast_fmnist": "c",
     "actvar_experts_fmnist": "c",
     "actvar_fmnist": "d",
