@@ -12,6 +12,9 @@ it measured:
                  calls interleaved model by model, medians
   actvar         ActVAR at the d16 preset budget (routers and gates untrained: speed does not depend on
                  them) against its dense VAR-d16, batch 64, interleaved: time ratio against FLOPs ratio
+  compiled       raster-B and EAR-B-8 token sampling (no decoding) with each cached pass compiled
+                 (torch.compile, mode reduce-overhead: CUDA graphs) against eager, batch 1 and 64:
+                 compile seconds, speed-up, and the fraction of tokens equal to eager's
 Random weights throughout: speed does not depend on them (the checks of what the weights compute are the
 tests' part). Timing: CUDA-synchronised wall clock of `Pipeline.sample` (tokenizer decoding included), one
 untimed warm-up call per model, then --repeats rounds.
@@ -23,6 +26,7 @@ untimed warm-up call per model, then --repeats rounds.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import statistics
@@ -37,7 +41,7 @@ import torch
 
 from argen.io import atomic_write_text
 
-PARTS = ("tests", "peak", "var", "ear_vs_raster", "actvar")
+PARTS = ("tests", "peak", "var", "ear_vs_raster", "actvar", "compiled")
 # the models each size name builds: (generator task, preset) and its tokenizer (task, preset)
 SIZES: dict[str, dict[str, tuple[str, str]]] = {
     "full": {
@@ -60,7 +64,8 @@ SIZES: dict[str, dict[str, tuple[str, str]]] = {
     },
 }
 SMOKE = ["--device", "cpu", "--sizes", "debug", "--batch", "2", "--repeats", "1", "--parts",
-         "peak,var,ear_vs_raster,actvar", "--peak-shape", "64", "--no-latency"]  # fmt: skip
+         "peak,var,ear_vs_raster,actvar,compiled", "--peak-shape", "64", "--no-latency",
+         "--compile-backend", "eager", "--compile-mode", "", "--compile-batches", "2"]  # fmt: skip
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -73,6 +78,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget-s", type=float, default=450, help="time for all parts; later parts are skipped")
     p.add_argument("--peak-shape", type=int, default=8192, help="side of the square peak matmul")
     p.add_argument("--no-latency", action="store_true", help="skip the batch-1 rows of ear_vs_raster")
+    p.add_argument("--compile-backend", default="inductor", help="compiled: torch.compile backend")
+    p.add_argument(
+        "--compile-mode", default="reduce-overhead", help="compiled: torch.compile mode ('' = default)"
+    )
+    p.add_argument("--compile-batches", default="1,64", help="compiled: batch sizes")
 
 
 def _log(msg: str) -> None:
@@ -239,8 +249,68 @@ def _part_actvar(args: argparse.Namespace, budget_s: float, peak: float | None) 
     }
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed_sample(proc, model, labels: torch.Tensor, device: torch.device) -> tuple[float, torch.Tensor]:
+    """Seconds of one `proc.sample` (synchronised), and its tokens."""
+    _sync(device)
+    t0 = time.perf_counter()
+    tokens = proc.sample(model, labels).tokens_BL
+    _sync(device)
+    return time.perf_counter() - t0, tokens
+
+
+def _part_compiled(args: argparse.Namespace, budget_s: float, peak: float | None) -> dict[str, Any]:
+    from argen.sampling.ar import GenerationProcess
+    from argen.sampling.logits import SamplingConfig
+
+    sizes, device = SIZES[args.sizes], torch.device(args.device)
+    dt = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    mode = args.compile_mode or None
+    out: dict[str, Any] = {"backend": args.compile_backend, "mode": mode}
+    for name, key, schedule in (("raster_B", "raster", None), ("ear_B_8", "ear", 8)):
+        model = _build(*sizes[key], device).to(dt)
+        eager = GenerationProcess.for_model(model, SamplingConfig(cfg_scale=2.0), schedule=schedule)
+        comp = GenerationProcess(eager.order, eager.sampling, True, args.compile_backend, mode)
+        for batch in _ints(args.compile_batches):
+            labels = torch.arange(batch, device=device) % model.config.num_classes
+            timed = functools.partial(_timed_sample, model=model, labels=labels, device=device)
+
+            first_s, _ = timed(comp)  # compiles (and, with CUDA graphs, warms up)
+            for _ in range(2):  # CUDA graph trees record on a later call
+                timed(comp)
+            timed(eager)
+            times: dict[str, list[float]] = {"eager": [], "compiled": []}
+            for _ in range(args.repeats):
+                t, tok_eager = timed(eager)
+                times["eager"].append(t)
+                t, tok_comp = timed(comp)
+                times["compiled"].append(t)
+            med = {k: statistics.median(v) for k, v in times.items()}
+            row = {
+                "first_call_s": first_s,
+                "eager_s": med["eager"],
+                "compiled_s": med["compiled"],
+                "speedup": med["eager"] / med["compiled"],
+                "ms_per_pass": {k: 1e3 * v / eager.order.num_steps for k, v in med.items()},
+                "tokens_equal_to_eager": float((tok_eager == tok_comp).float().mean()),
+                "times_s": times,
+            }
+            out[f"{name}_b{batch}"] = row
+            _log(f"  {name} b{batch}: eager {med['eager']:.3f} s, compiled {med['compiled']:.3f} s "
+                 f"({row['speedup']:.2f}x; first call {first_s:.1f} s)")  # fmt: skip
+    return out
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v]
+
+
 # each part's share of the remaining budget, and what it needs from earlier parts
-SHARES = {"tests": 0.3, "peak": 0.1, "var": 0.5, "ear_vs_raster": 0.6, "actvar": 1.0}
+SHARES = {"tests": 0.3, "peak": 0.1, "var": 0.5, "ear_vs_raster": 0.6, "actvar": 0.5, "compiled": 1.0}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -287,3 +357,7 @@ def check(result: dict[str, Any]) -> None:
     ear = parts["ear_vs_raster"]["b2"]
     assert ear["raster_B"]["passes"] == 16 and ear["ear_B_8"]["passes"] == 8  # debug grid 4x4
     assert 0 < parts["actvar"]["flops_ratio"] < 1 and parts["actvar"]["time_ratio"] > 0
+    for row in ("raster_B_b2", "ear_B_8_b2"):  # the eager backend captures without compiling: same tokens
+        assert (
+            parts["compiled"][row]["tokens_equal_to_eager"] == 1.0 and parts["compiled"][row]["speedup"] > 0
+        )

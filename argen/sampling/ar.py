@@ -42,13 +42,14 @@ class SampleOutput:
 _COMPILED: weakref.WeakKeyDictionary[GPT, dict[str, Callable]] = weakref.WeakKeyDictionary()
 
 
-def _compiled_step(model: GPT, backend: str) -> Callable[..., torch.Tensor]:
-    """`model.decode_step` under torch.compile, made once per model and backend (prefill is the same
+def _compiled_step(model: GPT, backend: str, mode: str | None = None) -> Callable[..., torch.Tensor]:
+    """`model.decode_step` under torch.compile, made once per model, backend and mode (prefill is the same
     computation)."""
     per_backend = _COMPILED.setdefault(model, {})
-    if backend not in per_backend:
-        per_backend[backend] = torch.compile(model.decode_step, backend=backend)
-    return per_backend[backend]
+    key = f"{backend}/{mode}"
+    if key not in per_backend:
+        per_backend[key] = torch.compile(model.decode_step, backend=backend, mode=mode)
+    return per_backend[key]
 
 
 @dataclass
@@ -78,6 +79,8 @@ class GenerationProcess:
             the passes share graphs (pass sizes that differ are one dynamic-shape graph after a recompile).
             Measured on the shipped EAR, one shared CPU thread: 1.25x faster per batch after a 224 s
             compile, so off by default. compile_backend: torch.compile backend ("eager" checks capture).
+        compile_mode: torch.compile mode; "reduce-overhead" replays each pass as a CUDA graph on a GPU, where
+            a cached pass is bound by kernel launches (see docs/05, GPU).
     """
 
     def __init__(
@@ -86,10 +89,11 @@ class GenerationProcess:
         sampling: SamplingConfig | None = None,
         compile: bool = False,
         compile_backend: str = "inductor",
+        compile_mode: str | None = None,
     ) -> None:
         self.order = order
         self.sampling = sampling or SamplingConfig()
-        self.compile, self.compile_backend = compile, compile_backend
+        self.compile, self.compile_backend, self.compile_mode = compile, compile_backend, compile_mode
 
     @classmethod
     def for_model(
@@ -156,7 +160,7 @@ class GenerationProcess:
         if self.sampling.guided:
             ids = torch.cat([ids, ids])
         if self.compile:
-            run = _compiled_step(model, self.compile_backend)
+            run = _compiled_step(model, self.compile_backend, self.compile_mode)
         else:
             run = model.prefill if plan.cls else model.decode_step
         logits = run(ids, labels_in, plan.pos_N, plan.rows_N, plan.cols_N, plan.mask_NS, plan.n_out)
