@@ -253,32 +253,44 @@ def table(args: argparse.Namespace, runs: Path, folder: Path) -> dict[str, Any]:
         )
     # learning curves: FID at N=n_curve against images seen; EAR-any continues EAR's curve from its fork
     curves: dict[str, list[tuple[float, float]]] = {}
+    accuracy: dict[str, list[tuple[float, float]]] = {}
     pattern = re.compile(rf"^(?P<name>.+)_(?P<k>\d+k?)\.n{args.n_curve}\.eval\.json$")
     for path in sorted(folder.glob(f"*.n{args.n_curve}.eval.json")):
         m = pattern.match(path.name)
         if m and m["name"] in MODELS:
-            curves.setdefault(m["name"], []).append((_unseen(m["k"]), _read(path)["fid"]))
-    if "ear_any" in curves and "ear" in curves:
+            report = _read(path)
+            curves.setdefault(m["name"], []).append((_unseen(m["k"]), report["fid"]))
+            accuracy.setdefault(m["name"], []).append((_unseen(m["k"]), 100 * report["class_accuracy"]))
+    if "ear_any" in curves and "ear" in curves:  # any-schedule EAR continues EAR-31's run from its fork
         fork = _run_info(runs / MODELS["ear_any"][1])
         fork_images = fork["offset"] * fork["batch"]
-        curves["ear_any"] += [pt for pt in curves["ear"] if pt[0] == fork_images]
-    plot = None
+        for both in (curves, accuracy):
+            both["ear_any"] += [pt for pt in both["ear"] if pt[0] == fork_images]
+    plots = []
     if curves:
-        n_rep = _read(next(folder.glob(f"*.n{args.n_curve}.eval.json")))
-        plot = plot_learning_curves(
-            {MODELS[k][0]: sorted(v) for k, v in curves.items()},
-            folder / "learning_curves.png",
-            y_label=f"FID at N={args.n_curve} (lower is better)",
-            title="Same 4 x 128 backbone, same recipe: FID against images seen",
-            floor=n_rep["floor"]["fid"],
-        )
-    markdown = "\n".join(lines)
+        floor = _read(next(folder.glob(f"*.n{args.n_curve}.eval.json")))["floor"]
+        title = "Same 4 x 128 backbone, same recipe"
+        for values, png, y_label, floor_value in (
+            (curves, "learning_curves.png", "FID (lower is better)", floor["fid"]),
+            (accuracy, "learning_curves_class_accuracy.png", "class accuracy, % (higher is better)",
+             100 * floor["class_accuracy"] if floor.get("class_accuracy") else None),
+        ):  # fmt: skip
+            plots.append(
+                plot_learning_curves(
+                    {MODELS[k][0]: sorted(v) for k, v in values.items()},
+                    folder / png,
+                    y_label=f"{y_label.split(' (')[0]} at N={args.n_curve} ({y_label.split(' (')[1]}",
+                    title=f"{title}: {y_label.split(' (')[0]} against images seen",
+                    floor=floor_value,
+                )
+            )
     return {
-        "markdown": markdown,
+        "markdown": "\n".join(lines),
         "rows": rows,
         "ablation": ablation_rows,
         "curves": curves,
-        "plot": str(plot),
+        "class_accuracy_curves": accuracy,
+        "plots": [str(p) for p in plots],
     }
 
 
@@ -359,4 +371,5 @@ def check(result: dict[str, Any]) -> None:
     assert tab["rows"]["ear_any"]["images_seen"] == 4 * (2 + 1)  # forked at EAR's step 1
     assert tab["ablation"][16]["fid"] is not None and tab["ablation"][4]["s_per_image"] > 0
     assert len(tab["curves"]["ear_any"]) == 2  # its fork point (EAR's) and its own final point
-    assert Path(tab["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(tab["plots"]) == 2
+    assert all(Path(p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in tab["plots"])
