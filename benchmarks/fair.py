@@ -91,7 +91,7 @@ def _eval(model: Path, out: Path, n: int, seed: int, args: argparse.Namespace, *
 def curve(args: argparse.Namespace, runs: Path, folder: Path) -> dict[str, str]:
     from argen.cli import main
 
-    exported = folder / "models"
+    exported = runs / "fair"  # checkpoints as model files (beside the runs: not results)
     done: dict[str, str] = {}
     for name, (_, run_name) in MODELS.items():
         run = runs / run_name
