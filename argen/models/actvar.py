@@ -25,6 +25,7 @@ from argen.model_io import load_strict, register
 from argen.models.var import PRESETS as VAR_PRESETS
 from argen.models.var import VAR, VARConfig
 from argen.nn.layers import Mods, scatter_rows, to_weight_dtype
+from argen.nn.linear import Linear
 from argen.nn.masks import group_mask
 from argen.nn.moe import MoEConfig, fp32_linear, sparse_ffn_class
 
@@ -137,8 +138,8 @@ class TokenSelector(nn.Module):
     def __init__(self, width: int, rank: int) -> None:
         super().__init__()
         self.gate = nn.Linear(width, 1)
-        self.down = nn.Linear(width, rank, bias=False)
-        self.up = nn.Linear(rank, width, bias=False)
+        self.down = Linear(width, rank, bias=False)
+        self.up = Linear(rank, width, bias=False)
 
     def init_weights(self) -> None:
         nn.init.normal_(self.gate.weight, std=self.gate.in_features**-0.5)
@@ -171,7 +172,7 @@ class _Segment:
     ids_L: torch.Tensor
     rho_L: torch.Tensor
     k: torch.Tensor | int | None
-    pos_l: torch.Tensor | None
+    pos_l: slice | None
 
 
 def _ste(score: torch.Tensor) -> torch.Tensor:
@@ -249,7 +250,7 @@ class ActVAR(nn.Module):
         ks = {cfg.experts_k[s] for s in scales}
         k = None if ks == {cfg.num_experts} else ks.pop() if len(ks) == 1 else per_position(cfg.experts_k)
         ids_L = self.var.scale_ids(device)[begin:end]
-        pos_l = torch.arange(begin, end, device=device) if cached else None
+        pos_l = slice(begin, end) if cached else None
         return _Segment(scales, begin, end, cached, ids_L, per_position(cfg.keep_ratio), k, pos_l)
 
     def _keep_index(

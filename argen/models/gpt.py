@@ -19,8 +19,9 @@ from torch import nn
 from argen.config import from_dict
 from argen.model_io import drop_keys, load_strict, read_official, register
 from argen.nn.attention import attention, chunk_mask
-from argen.nn.kv_cache import kv_caches
+from argen.nn.kv_cache import Positions, kv_caches
 from argen.nn.layers import LabelEmbedder, RMSNorm, SwiGLU, block_mods, modulate, swiglu_hidden
+from argen.nn.linear import Linear
 from argen.nn.masks import group_mask
 from argen.nn.rope import CLS_ROW, apply_rope, rope_table
 from argen.orders import GenerationOrder
@@ -138,8 +139,8 @@ class Attention(nn.Module):
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
         self.n_head, self.head_dim = cfg.n_head, cfg.head_dim
-        self.wqkv = nn.Linear(cfg.dim, 3 * cfg.dim, bias=False)
-        self.wo = nn.Linear(cfg.dim, cfg.dim, bias=False)
+        self.wqkv = Linear(cfg.dim, 3 * cfg.dim, bias=False)
+        self.wo = Linear(cfg.dim, cfg.dim, bias=False)
         self.dropout = nn.Dropout(cfg.dropout)
         self.cache = None
 
@@ -148,11 +149,12 @@ class Attention(nn.Module):
         x_BND: torch.Tensor,
         table_NK2: torch.Tensor,
         mask_NS: torch.Tensor,
-        pos_N: torch.Tensor | None = None,
+        pos_N: Positions | None = None,
     ) -> torch.Tensor:
         b, n, d = x_BND.shape
-        q, k, v = self.wqkv(x_BND).view(b, n, 3, self.n_head, self.head_dim).unbind(2)
-        q, k = apply_rope(q, table_NK2), apply_rope(k, table_NK2)
+        qkv = self.wqkv(x_BND).view(b, n, 3, self.n_head, self.head_dim)
+        q, k = apply_rope(qkv[:, :, :2], table_NK2).unbind(2)  # queries and keys in one rotation
+        v = qkv[:, :, 2]
         q_BHND, k_BHND, v_BHND = (t.transpose(1, 2) for t in (q, k, v))
         if self.cache is not None:
             k_all, v_all = self.cache.update(pos_N, k_BHND, v_BHND)
@@ -173,7 +175,7 @@ class Block(nn.Module):
         self.feed_forward = SwiGLU(cfg.dim, cfg.ffn_hidden, cfg.dropout)
         self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, 6 * cfg.dim)) if cfg.adaln else None
+        self.ada_lin = nn.Sequential(nn.SiLU(), Linear(cfg.dim, 6 * cfg.dim)) if cfg.adaln else None
 
     def forward(
         self,
@@ -181,7 +183,7 @@ class Block(nn.Module):
         cond_BD: torch.Tensor,
         table_NK2: torch.Tensor,
         mask_NS: torch.Tensor,
-        pos_N: torch.Tensor | None = None,
+        pos_N: Positions | None = None,
     ) -> torch.Tensor:
         if self.ada_lin is None:
             h = x_BND + self.attention(self.attention_norm(x_BND), table_NK2, mask_NS, pos_N)
@@ -204,7 +206,7 @@ class GPT(nn.Module):
         self.mask_token = nn.Embedding(1, config.dim) if config.mode == "next_any" else None
         self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.norm = RMSNorm(config.dim, config.norm_eps)
-        self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
+        self.output = Linear(config.dim, config.vocab_size, bias=False)
         self.init_weights()  # as VAR and ActVAR: a new model is initialised (loaders overwrite it)
 
     @torch.no_grad()
@@ -244,7 +246,7 @@ class GPT(nn.Module):
         cols_N: torch.Tensor,
         mask_NS: torch.Tensor,
         n_out: int,
-        pos_N: torch.Tensor | None = None,
+        pos_N: Positions | None = None,
     ) -> torch.Tensor:
         h, cond_BD = self._embed(ids_BN, labels_B)
         table = rope_table(
@@ -317,7 +319,7 @@ class GPT(nn.Module):
         self,
         ids_BN: torch.Tensor,
         labels_B: torch.Tensor,
-        pos_N: torch.Tensor,
+        pos_N: Positions,
         rows_N: torch.Tensor,
         cols_N: torch.Tensor,
         mask_NS: torch.Tensor,
@@ -331,7 +333,7 @@ class GPT(nn.Module):
         self,
         ids_BN: torch.Tensor,
         labels_B: torch.Tensor,
-        pos_N: torch.Tensor,
+        pos_N: Positions,
         rows_N: torch.Tensor,
         cols_N: torch.Tensor,
         mask_NS: torch.Tensor,
@@ -341,7 +343,8 @@ class GPT(nn.Module):
 
         Args:
             ids_BN: token ids, CLS_ID or MASK_ID per slot.
-            pos_N: cache position of each slot ([MASK] K/V are overwritten when the real token is fed).
+            pos_N: cache position of each slot ([MASK] K/V are overwritten when the real token is fed); a
+                slice when they are a run (a plain copy into the cache).
             rows_N, cols_N: RoPE cell of each slot (row < 0 = class token).
             mask_NS: boolean mask over the first S cache positions (from `group_mask`).
             n_out: number of trailing slots whose logits are returned.
@@ -349,7 +352,8 @@ class GPT(nn.Module):
         Returns:
             (B, n_out, V) float32 logits.
         """
-        return self._run(ids_BN, labels_B, rows_N, cols_N, mask_NS, n_out, pos_N.to(ids_BN.device))
+        pos_N = pos_N if isinstance(pos_N, slice) else pos_N.to(ids_BN.device)
+        return self._run(ids_BN, labels_B, rows_N, cols_N, mask_NS, n_out, pos_N)
 
 
 def load_official_gpt(path: str, config: GPTConfig) -> GPT:

@@ -22,6 +22,7 @@ from argen.models.var_config import PRESETS, VARConfig, var_config
 from argen.nn.attention import ChunkedMask, chunk_mask
 from argen.nn.kv_cache import kv_caches
 from argen.nn.layers import Mods, to_weight_dtype
+from argen.nn.linear import Linear
 from argen.nn.masks import group_mask, groups_from_sizes
 
 __all__ = ["PRESETS", "VAR", "VARConfig", "load_official_var", "load_var", "var_config"]
@@ -52,17 +53,17 @@ class VAR(nn.Module):
         super().__init__()
         self.config = config
         C, S = config.dim, len(config.patch_nums)
-        self.word_embed = nn.Linear(config.vae_channels, C)
+        self.word_embed = Linear(config.vae_channels, C)
         self.class_emb = nn.Embedding(config.num_classes + 1, C)
         self.pos_start = nn.Parameter(torch.empty(1, config.scale_sizes[0], C))
         self.pos_1LC = nn.Parameter(torch.empty(1, config.seq_len, C))
         self.lvl_embed = nn.Embedding(S, C)
         if config.shared_aln:
-            self.shared_ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(C, 6 * C))
+            self.shared_ada_lin = nn.Sequential(nn.SiLU(), Linear(C, 6 * C))
         rates = [config.drop_path_rate * i / max(config.depth - 1, 1) for i in range(config.depth)]
         self.blocks = nn.ModuleList(AdaLNBlock(config, drop_path=r) for r in rates)
         self.head_nm = AdaLNBeforeHead(config)
-        self.head = nn.Linear(C, config.vocab_size)
+        self.head = Linear(C, config.vocab_size)
         self.init_weights()
 
     @torch.no_grad()
@@ -187,9 +188,8 @@ class VAR(nn.Module):
             cond_BD: (B, D) class embedding. mods: `block_mods(cond_BD)`.
         """
         begin, end = self.config.scale_bounds[si]
-        pos_l = torch.arange(begin, end, device=x_BlC.device)
         for block, mods_b in zip(self.blocks, mods, strict=True):
-            x_BlC = block(x_BlC, mods_b, None, pos_l, end)
+            x_BlC = block(x_BlC, mods_b, None, slice(begin, end), end)
         return self.logits(x_BlC, cond_BD)
 
 

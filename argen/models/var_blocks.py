@@ -17,7 +17,9 @@ from torch import nn
 
 from argen.models.var_config import VARConfig
 from argen.nn.attention import attention
-from argen.nn.layers import Mods, block_mods, gather_rows, gelu_tanh, modulate
+from argen.nn.kv_cache import Positions
+from argen.nn.layers import Mods, block_mods, gather_rows, linear_gelu_tanh, modulate
+from argen.nn.linear import Linear, packed_linear
 
 # Official attention clamps its learnable log-scale at log(100), computed in fp32.
 MAX_LOG_SCALE = torch.tensor(100.0).log().item()
@@ -42,12 +44,12 @@ class SelfAttention(nn.Module):
         super().__init__()
         C, H = config.dim, config.num_heads
         self.num_heads, self.head_dim, self.l2_norm = H, C // H, config.attn_l2_norm
-        self.mat_qkv = nn.Linear(C, 3 * C, bias=False)
+        self.mat_qkv = Linear(C, 3 * C, bias=False)
         self.q_bias = nn.Parameter(torch.zeros(C))
         self.v_bias = nn.Parameter(torch.zeros(C))
         if self.l2_norm:
             self.scale_mul_1H11 = nn.Parameter(torch.full((1, H, 1, 1), 4.0).log())
-        self.proj = nn.Linear(C, C)
+        self.proj = Linear(C, C)
         self.cache = None
 
     def project(
@@ -59,13 +61,14 @@ class SelfAttention(nn.Module):
         H, Dh = self.num_heads, self.head_dim
         zeros = torch.zeros_like(self.q_bias)
         if rows_Bn is None:
-            qkv = F.linear(h_BLC, self.mat_qkv.weight, torch.cat((self.q_bias, zeros, self.v_bias)))
+            qkv_bias = torch.cat((self.q_bias, zeros, self.v_bias))
+            qkv = packed_linear(h_BLC, self.mat_qkv.weight, qkv_bias, self.mat_qkv)
             q_BHnD, k_BHLD, v_BHLD = qkv.view(B, L, 3, H, Dh).permute(2, 0, 3, 1, 4).unbind(0)
         else:
             w = self.mat_qkv.weight
-            kv = F.linear(h_BLC, w[C:], torch.cat((zeros, self.v_bias)))
+            kv = packed_linear(h_BLC, w[C:], torch.cat((zeros, self.v_bias)), self.mat_qkv)
             k_BHLD, v_BHLD = kv.view(B, L, 2, H, Dh).permute(2, 0, 3, 1, 4).unbind(0)
-            q = F.linear(gather_rows(h_BLC, rows_Bn), w[:C], self.q_bias)
+            q = packed_linear(gather_rows(h_BLC, rows_Bn), w[:C], self.q_bias, self.mat_qkv)
             q_BHnD = q.view(B, -1, H, Dh).transpose(1, 2)
         if self.l2_norm:
             q_BHnD = F.normalize(q_BHnD, dim=-1) * self.scale_mul_1H11.clamp_max(MAX_LOG_SCALE).exp()
@@ -76,7 +79,7 @@ class SelfAttention(nn.Module):
         self,
         h_BLC: torch.Tensor,
         mask_nS: torch.Tensor | None = None,
-        pos_l: torch.Tensor | None = None,
+        pos_l: Positions | None = None,
         end: int | None = None,
         rows_Bn: torch.Tensor | None = None,
     ) -> torch.Tensor:
@@ -105,11 +108,11 @@ class FFN(nn.Module):
 
     def __init__(self, config: VARConfig) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(config.dim, config.hidden)
-        self.fc2 = nn.Linear(config.hidden, config.dim)
+        self.fc1 = Linear(config.dim, config.hidden)
+        self.fc2 = Linear(config.hidden, config.dim)
 
     def forward(self, x_BLC: torch.Tensor) -> torch.Tensor:
-        return self.fc2(gelu_tanh(self.fc1(x_BLC)))
+        return self.fc2(linear_gelu_tanh(x_BLC, self.fc1))
 
 
 class AdaLNBlock(nn.Module):
@@ -131,7 +134,7 @@ class AdaLNBlock(nn.Module):
         if config.shared_aln:
             self.ada_gss = nn.Parameter(torch.randn(1, 1, 6, C) / C**0.5)
         else:
-            self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(C, 6 * C))
+            self.ada_lin = nn.Sequential(nn.SiLU(), Linear(C, 6 * C))
 
     def modulation(self, cond: torch.Tensor) -> Mods:
         """The block's `Mods`, each (B, 1, C).
@@ -150,7 +153,7 @@ class AdaLNBlock(nn.Module):
         x_BLC: torch.Tensor,
         mods: Mods,
         mask_LS: torch.Tensor | None = None,
-        pos_l: torch.Tensor | None = None,
+        pos_l: Positions | None = None,
         end: int | None = None,
     ) -> torch.Tensor:
         """Gated attention update (B, L, C), to be added to `x_BLC`."""
@@ -166,7 +169,7 @@ class AdaLNBlock(nn.Module):
         x_BLC: torch.Tensor,
         mods: Mods,
         mask_nS: torch.Tensor | None = None,
-        pos_l: torch.Tensor | None = None,
+        pos_l: Positions | None = None,
         end: int | None = None,
         *,
         h_BLC: torch.Tensor | None = None,
@@ -204,7 +207,7 @@ class AdaLNBeforeHead(nn.Module):
         C = config.dim
         self.dim = C
         self.ln_wo_grad = nn.LayerNorm(C, eps=config.norm_eps, elementwise_affine=False)
-        self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(C, 2 * C))
+        self.ada_lin = nn.Sequential(nn.SiLU(), Linear(C, 2 * C))
 
     def forward(self, x_BLC: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
         scale_B1C, shift_B1C = self.ada_lin(cond_BD).view(-1, 1, 2, self.dim).unbind(2)

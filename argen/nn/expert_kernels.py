@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from argen.nn.layers import gelu_tanh
+from argen.nn.layers import gelu_tanh, linear_gelu_tanh
 from argen.nn.moe_config import MoEConfig
 
 
@@ -105,7 +105,7 @@ def masked_expert_ffn(
     Same function as the grouped kernels (sum over chosen experts of weight * expert output, plus fc2's
     bias) at the dense FFN's cost: the form that wins where expert matmuls are too small to run fast.
     """
-    h_NH = gelu_tanh(fc1(x_NC))
+    h_NH = linear_gelu_tanh(x_NC, fc1)
     gate_NE1 = gate_NE[..., None].to(h_NH.dtype)
     if torch.is_grad_enabled():
         h_NH = (h_NH.unflatten(1, (gate_NE.shape[1], -1)) * gate_NE1).flatten(1)

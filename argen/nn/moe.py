@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from argen.nn.expert_kernels import grouped_expert_ffn, grouped_pays, masked_expert_ffn
-from argen.nn.layers import gelu_tanh
+from argen.nn.layers import gelu_tanh, linear_gelu_tanh
+from argen.nn.linear import Linear
 from argen.nn.moe_config import MoEConfig
 
 
@@ -161,8 +162,8 @@ class MoEFFN(nn.Module):
     def __init__(self, config: MoEConfig) -> None:
         super().__init__()
         self.config = config
-        self.fc1 = nn.Linear(config.width, config.hidden)
-        self.fc2 = nn.Linear(config.hidden, config.width)
+        self.fc1 = Linear(config.width, config.hidden)
+        self.fc2 = Linear(config.hidden, config.width)
         self.router = nn.Linear(config.width, config.num_experts)
         # Persistent so `to_dense` can undo the permutation after a save/load round trip.
         self.register_buffer("perm_H", torch.arange(config.hidden), persistent=True)
@@ -274,7 +275,7 @@ class MoEFFN(nn.Module):
             router_trace.append((self.router_logits(x_NC), k_full))
         all_on = k_N == num if isinstance(k_N, int) else bool((k_N >= num).all())
         if all_on and not force_grouped:
-            return self.fc2(gelu_tanh(self.fc1(x_NC)))
+            return self.fc2(linear_gelu_tanh(x_NC, self.fc1))
         x = x_NC.reshape(-1, x_NC.shape[-1])
         backend = self.config.backend
         if backend == "auto":

