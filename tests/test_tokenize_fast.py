@@ -68,7 +68,7 @@ def test_encoder_calls_cover_the_batch_in_chunks():
         tokenizer_encoder(tok, 0)
 
 
-@pytest.mark.parametrize("shape", [(4, 64, 64), (2, 100, 24), (1, 16, 8)])
+@pytest.mark.parametrize("shape", [(4, 64, 64), (2, 100, 24), (1, 16, 8), (9, 64, 32)])  # 9: 4 + 4 + 1
 def test_attend_is_sdpa_bitwise(shape):
     B, L, D = shape
     q, k, v = (torch.randn(B, 1, D, L).transpose(2, 3) for _ in range(3))  # AttnBlock's strided views

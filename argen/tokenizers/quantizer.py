@@ -281,11 +281,9 @@ class ResidualQuantizer(nn.Module):
         f_rest = f_BCHW.detach().to(self.embedding.weight.dtype, copy=True)
         idx_Bl = []
         for si, pn in enumerate(self.config.patch_nums):
-            idx_N = self.nearest(f_rest, pn)
-            f_rest -= self.upsampled_codes(
-                si, self._embed_scale(idx_N.view(len(f_BCHW), -1)), f_BCHW.shape[-1]
-            )
-            idx_Bl.append(idx_N.view(len(f_BCHW), pn * pn))
+            idx_Bl.append(self.nearest(f_rest, pn).view(len(f_BCHW), pn * pn))
+            if si < len(self.config.patch_nums) - 1:  # the last scale's residual is not used
+                f_rest -= self.upsampled_codes(si, self._embed_scale(idx_Bl[-1]), f_BCHW.shape[-1])
         return idx_Bl
 
     @_no_autocast
