@@ -133,3 +133,11 @@ def test_activations_fused_into_packed_matmuls_are_as_close_to_fp32_as_separate_
         scale = ref[name].abs().max()
         torch.testing.assert_close(got.float(), plain[name].float(), rtol=2**-6, atol=float(scale) * 2**-7)
         assert (got.float() - ref[name]).abs().max() <= (plain[name].float() - ref[name]).abs().max() * 1.01
+
+
+def test_unsorted_topk_selects_the_sorted_topk_set() -> None:
+    """ActVAR's router (sampling) and token gates take `sorted=False`: the same experts and tokens."""
+    for x in (torch.zeros(8, 16), torch.randint(0, 3, (500, 16)).float(), torch.randn(64, 256)):
+        for k in (1, 12, x.shape[1] * 4 // 5):
+            a, b = (torch.topk(x, k, dim=1, sorted=s).indices.sort(1).values for s in (True, False))
+            assert torch.equal(a, b)

@@ -265,7 +265,7 @@ class ActVAR(nn.Module):
         for s, rho in zip(seg.scales, rhos, strict=True):
             size = self.config.var.scale_sizes[s]
             n = kept_count(rho, size) if rho < 1.0 else size
-            top = torch.topk(score_BL[:, offset : offset + size], n, dim=1).indices
+            top = torch.topk(score_BL[:, offset : offset + size], n, dim=1, sorted=False).indices
             parts.append(torch.sort(top, dim=1).values + offset)
             offset += size
         return torch.cat(parts, dim=1), score_BL
