@@ -18,6 +18,8 @@ from __future__ import annotations
 import ctypes
 import json
 import math
+import os
+import platform
 import shutil
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from argen.io import atomic_write, atomic_write_text
+from argen.runtime import ENV_OPT_OUT
 
 VIEWS = {"none": 1, "flip": 2, "ten_crop": 10}
 
@@ -68,21 +71,23 @@ class Views(Dataset):
 CPU_ENCODE_CHUNK = 32
 
 
-def keep_freed_memory() -> None:
-    """Have glibc keep freed memory for reuse instead of handing it back to the kernel (no-op elsewhere).
-
-    By default it mmaps each block over a threshold and trims the heap's free top, so an encoder call's
-    activations (0.1 to 32 MB each) came as fresh zeroed pages on every call: for vq2_fmnist on one thread,
-    ~450 page faults and 0.7 ms of kernel time per image, a quarter of its time. The mmap threshold is set
-    to its largest (32 MB) and trimming to 1 GB; the process keeps its peak heap until it exits.
+def keep_freed_heap() -> None:
+    """glibc: serve blocks up to 32 MB (its largest mmap threshold) from the heap and never trim it, so the
+    activations of an encoder call reuse the pages the last call freed. With the defaults they came as fresh
+    zeroed pages on every call: ~450 page faults and 0.7 ms of kernel time per vq2_fmnist image on one
+    thread, a quarter of its time. Larger blocks are still mmapped and given back, so a tokenize run's
+    growing arrays do not fragment the heap, as they did under `argen.runtime.keep_freed_memory` (mmap off:
+    18 GB). The process keeps its peak heap until it exits. A no-op off glibc or with ARGEN_SYSTEM_MALLOC=1.
     """
+    if os.environ.get(ENV_OPT_OUT) == "1" or platform.system() != "Linux" or not platform.libc_ver()[0]:
+        return
     try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
         return
     m_trim_threshold, m_mmap_threshold = -1, -3
-    libc.mallopt(m_mmap_threshold, 32 * 2**20)
-    libc.mallopt(m_trim_threshold, 2**30)
+    mallopt(m_mmap_threshold, 32 * 2**20)
+    mallopt(m_trim_threshold, 2**31 - 1)
 
 
 def tokenizer_encoder(
@@ -94,8 +99,7 @@ def tokenizer_encoder(
     On CPU with torch threads T > 1, T worker threads encode a batch's chunks at once, each running the ops of
     its chunk on one thread. Threads splitting every op of a 32-image call instead meet at a barrier per op,
     hundreds per batch, and on a loaded machine each waits for a descheduled thread: 512 images took 8x the
-    wall time of two 256-image calls that way, the workers a third of it (2 threads, load 9). For a CPU
-    tokenizer it calls `keep_freed_memory` (process-wide).
+    wall time of two 256-image calls that way, the workers a third of it (2 threads, load 9).
 
     Args:
         chunk: images per encoder call, a smaller remainder joining the call before it; None:
@@ -103,8 +107,6 @@ def tokenizer_encoder(
     """
     if chunk is not None and chunk < 1:
         raise ValueError(f"chunk must be >= 1 image, got {chunk}")
-    if next(tokenizer.parameters()).device.type == "cpu":
-        keep_freed_memory()
     if tokenizer.kind == "msvq":
 
         def encode(img_BCHW: torch.Tensor) -> torch.Tensor:

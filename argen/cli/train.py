@@ -39,9 +39,11 @@ def cmd_tokenize(args: argparse.Namespace) -> None:
     from argen.data import build_image_dataset, extract_tokens
     from argen.distributed import barrier, init_distributed
     from argen.models.checkpoints import load_model, tokenizer_fingerprint
-    from argen.token_store import tokenizer_encoder, write_token_store
+    from argen.token_store import keep_freed_heap, tokenizer_encoder, write_token_store
 
     info = init_distributed(args.device)
+    if info.device.type == "cpu":  # the encoder calls reuse freed pages instead of faulting in fresh ones
+        keep_freed_heap()
     tok = load_model(args.tokenizer, info.device, expect=("vq", "msvq"))
     encode = tokenizer_encoder(tok)
     data = DataConfig(source=args.source, root=args.root, split=args.split, image_size=args.image_size)
