@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from argen.nn.kv_cache import KVCache
-from argen.nn.layers import SwiGLU, linear_gelu_tanh
+from argen.nn.layers import RMSNorm, SwiGLU, linear_gelu_tanh
 from argen.nn.linear import Linear, _cpu_packs_bf16, packed_linear, packs
 from argen.nn.rope import apply_rope, rope_table
 from argen.sampling.logits import filter_logits
@@ -141,3 +141,25 @@ def test_unsorted_topk_selects_the_sorted_topk_set() -> None:
         for k in (1, 12, x.shape[1] * 4 // 5):
             a, b = (torch.topk(x, k, dim=1, sorted=s).indices.sort(1).values for s in (True, False))
             assert torch.equal(a, b)
+
+
+def _rmsnorm_plain(x_BLD: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    xf = x_BLD.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).type_as(x_BLD) * weight
+
+
+def test_rmsnorm_kernel_equals_the_explicit_form() -> None:
+    norm = RMSNorm(384)
+    torch.nn.init.uniform_(norm.weight, 0.5, 1.5)
+    x = torch.randn(4, 9, 384, requires_grad=True) * 3
+    assert torch.equal(norm(x), _rmsnorm_plain(x, norm.weight, norm.eps))  # fp32: bit for bit
+    (grad,) = torch.autograd.grad(norm(x).square().sum(), x)
+    (want,) = torch.autograd.grad(_rmsnorm_plain(x, norm.weight, norm.eps).square().sum(), x)
+    assert torch.equal(grad, want)
+    norm16, x16 = copy.deepcopy(norm).to(torch.bfloat16), x.detach().to(torch.bfloat16)
+    fused, plain = norm16(x16), _rmsnorm_plain(x16, norm16.weight, norm.eps)  # bf16: one rounding less
+    torch.testing.assert_close(fused, plain, rtol=2**-7, atol=0)
+    ref = _rmsnorm_plain(x16.float(), norm16.weight.float(), norm.eps)
+    assert (fused.float() - ref).abs().max() <= (plain.float() - ref).abs().max()
+    mixed = norm(x16)  # autocast's mix (bf16 activations, fp32 weight): the explicit form, fp32 out
+    assert mixed.dtype == torch.float32 and torch.equal(mixed, _rmsnorm_plain(x16, norm.weight, norm.eps))
