@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -134,12 +135,15 @@ def subset_rows(args: argparse.Namespace, old: Path, work: Path) -> dict[str, An
 
 
 def tokenize_once(tree: Path, threads: int, tokenizer: str, out: Path) -> tuple[dict[str, float], Path]:
-    """`tokenize` on all train images, timed once (no warm-up: a full run is long)."""
+    """`tokenize` on all train images, timed once (no warm-up: a full run is long); with the largest peak
+    resident size of this process's children so far (the full runs come last and are the largest)."""
     w0, t0 = time.perf_counter(), os.times()
     tokenize(tree, threads, tokenizer, out)
     t1 = os.times()
     cpu = (t1.children_user + t1.children_system) - (t0.children_user + t0.children_system)
-    return seconds(time.perf_counter() - w0, cpu, t1.children_system - t0.children_system), out
+    row: dict[str, Any] = seconds(time.perf_counter() - w0, cpu, t1.children_system - t0.children_system)
+    row["children_max_rss_mb"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
+    return row, out
 
 
 def full_rows(args: argparse.Namespace, old: Path, work: Path) -> dict[str, Any]:

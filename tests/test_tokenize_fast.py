@@ -1,12 +1,16 @@
 """`argen tokenize`'s fast path gives the codes of the plain one: SDPA attention, one distance matrix and its
-argmin, one encoder call per batch."""
+argmin, one encoder call per batch; on random debug tokenizers and on the shipped Fashion-MNIST ones."""
 
 from __future__ import annotations
+
+import itertools
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from argen.data import FASHION_MNIST_DIR, FashionMNIST
+from argen.models.checkpoints import load_model
 from argen.nn.attention import attention
 from argen.token_store import tokenizer_encoder
 from argen.tokenizers import quantizer, vqgan
@@ -33,6 +37,32 @@ def _plain_codes(tok: torch.nn.Module, img_BCHW: torch.Tensor, monkeypatch) -> t
         if tok.kind == "msvq":
             return torch.cat(tok.img_to_idxBl(img_BCHW), dim=1)
         return tok.encode(img_BCHW)
+
+
+@pytest.mark.skipif(
+    not (FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file(),
+    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",
+)
+@pytest.mark.parametrize("name", ["vq2_fmnist", "msvq2_fmnist"])
+def test_shipped_tokenizers_fast_codes_equal_plain_codes(name, monkeypatch):
+    tok = load_model(name, expect=("vq", "msvq"))
+    img_BCHW = FashionMNIST(split="test").images_NHW[:300, None].float().div(127.5).sub(1.0)
+    with monkeypatch.context() as m, torch.no_grad():  # latents bitwise: codes alone rarely see 1 ulp
+        m.setattr(vqgan, "_attend", attention)
+        plain_BDhw = tok.encode_latent(img_BCHW)
+    bounds = [*range(0, 257, 32), 300]  # tokenizer_encoder's calls: 8 of 32 images, 1 of 44
+    with torch.no_grad():
+        fast_BDhw = torch.cat([tok.encode_latent(img_BCHW[b:e]) for b, e in itertools.pairwise(bounds)])
+    assert torch.equal(fast_BDhw, plain_BDhw)
+    plain = _plain_codes(tok, img_BCHW, monkeypatch)  # one call on all 300 images
+    threads = torch.get_num_threads()
+    try:
+        for workers in (1, 2):
+            torch.set_num_threads(workers)
+            fast = tokenizer_encoder(tok)(img_BCHW)  # 32-image calls; with 2: on two worker threads
+            assert torch.equal(fast, plain), (workers, (fast != plain).float().mean().item())
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
