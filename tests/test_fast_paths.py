@@ -11,6 +11,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
+from argen.nn.attention import additive_mask, attention
 from argen.nn.kv_cache import KVCache
 from argen.nn.layers import RMSNorm, SwiGLU, linear_gelu_tanh
 from argen.nn.linear import Linear, _cpu_packs_bf16, packed_linear, packs
@@ -163,3 +164,11 @@ def test_rmsnorm_kernel_equals_the_explicit_form() -> None:
     assert (fused.float() - ref).abs().max() <= (plain.float() - ref).abs().max()
     mixed = norm(x16)  # autocast's mix (bf16 activations, fp32 weight): the explicit form, fp32 out
     assert mixed.dtype == torch.float32 and torch.equal(mixed, _rmsnorm_plain(x16, norm.weight, norm.eps))
+
+
+def test_additive_mask_gives_sdpa_the_same_attention_as_its_boolean_mask() -> None:
+    mask = torch.rand(5, 12) < 0.6
+    mask[:, 0] = True  # every row sees a key
+    for dtype in (torch.float32, torch.bfloat16):
+        q, k, v = (torch.randn(2, 3, n, 8).to(dtype) for n in (5, 12, 12))
+        assert torch.equal(attention(q, k, v, additive_mask(mask, dtype)), attention(q, k, v, mask))

@@ -18,7 +18,7 @@ from torch import nn
 
 from argen.config import from_dict
 from argen.model_io import drop_keys, load_strict, read_official, register
-from argen.nn.attention import attention, chunk_mask
+from argen.nn.attention import additive_mask, attention, chunk_mask
 from argen.nn.kv_cache import Positions, kv_caches
 from argen.nn.layers import LabelEmbedder, RMSNorm, SwiGLU, block_mods, modulate, swiglu_hidden
 from argen.nn.linear import Linear
@@ -352,7 +352,10 @@ class GPT(nn.Module):
         Returns:
             (B, n_out, V) float32 logits.
         """
-        pos_N = pos_N if isinstance(pos_N, slice) else pos_N.to(ids_BN.device)
+        device = ids_BN.device
+        pos_N = pos_N if isinstance(pos_N, slice) else pos_N.to(device)
+        if not torch.is_autocast_enabled(device.type):  # (autocast: the queries' dtype is not the weights')
+            mask_NS = additive_mask(mask_NS.to(device), self.output.weight.dtype)  # once for all layers
         return self._run(ids_BN, labels_B, rows_N, cols_N, mask_NS, n_out, pos_N)
 
 
