@@ -280,9 +280,12 @@ def merge(folder: Path) -> list[dict[str, Any]]:
         reports = [e] + [json.loads(p.read_text()) for p in sorted(folder.glob(f"{name}.seed*.eval.json"))]
         per_seed = {k: [r[k] for r in reports] for k in ("fid", "kid_mean", "class_accuracy")}
         means = {k: sum(v) / len(v) for k, v in per_seed.items()}
+        gpu = folder / "gpu" / f"{name}.bench.json"  # `--part bench --device cuda --results <folder>/gpu`
+        gpu_img_per_s = json.loads(gpu.read_text())["img_per_s"] if gpu.exists() else None
         merged.append(
             {**b, **e, **means, "seeds": per_seed, "settings": settings(e), "row": name}
             | {"name": row.label, "short": row.short, "group": row.group, "img_per_s": b["img_per_s"]}
+            | {"gpu_img_per_s": gpu_img_per_s}
         )
     return merged
 
@@ -314,7 +317,8 @@ def table(folder: Path, speed: Path) -> dict[str, Any]:
             f"| {r['name']} | {r['settings']} | {r['steps']} | {r['gflops']:.3f} | {_two(sd['fid'], '.2f')} "
             f"| {_two([1e3 * k for k in sd['kid_mean']], '.2f')} "
             f"| {_two([100 * a for a in sd['class_accuracy']], '.1f')}% | {r['img_per_s']:.1f} "
-            f"| {r['latency_batch1_s']:.3f} | not measured |"
+            f"| {r['latency_batch1_s']:.3f} | "
+            + (f"{r['gpu_img_per_s']:.0f} |" if r["gpu_img_per_s"] else "not measured |")
         )
     spreads = [max(r["seeds"]["fid"]) - min(r["seeds"]["fid"]) for r in merged if len(r["seeds"]["fid"]) > 1]
     if spreads:
