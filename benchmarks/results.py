@@ -27,6 +27,7 @@ import argparse
 import json
 import math
 import statistics
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -290,6 +291,11 @@ def merge(folder: Path) -> list[dict[str, Any]]:
     return merged
 
 
+def mark(r: dict[str, Any]) -> str:
+    """† on the timings of rows `bench` does not re-run (models no longer shipped)."""
+    return "" if ROWS[r["row"]].rerun else " †"
+
+
 def _two(values: list[float], fmt: str) -> str:
     return " / ".join(format(v, fmt) for v in values)
 
@@ -316,10 +322,16 @@ def table(folder: Path, speed: Path) -> dict[str, Any]:
         lines.append(
             f"| {r['name']} | {r['settings']} | {r['steps']} | {r['gflops']:.3f} | {_two(sd['fid'], '.2f')} "
             f"| {_two([1e3 * k for k in sd['kid_mean']], '.2f')} "
-            f"| {_two([100 * a for a in sd['class_accuracy']], '.1f')}% | {r['img_per_s']:.1f} "
-            f"| {r['latency_batch1_s']:.3f} | "
+            f"| {_two([100 * a for a in sd['class_accuracy']], '.1f')}% | {r['img_per_s']:.1f}{mark(r)} "
+            f"| {r['latency_batch1_s']:.3f}{mark(r)} | "
             + (f"{r['gpu_img_per_s']:.0f} |" if r["gpu_img_per_s"] else "not measured |")
         )
+    if any(mark(r) for r in merged):
+        lines += [
+            "",
+            "† timed when it was shipped, on the machine of that session (`bench` does not re-run the rows "
+            "of models no longer shipped): compare these only with each other.",
+        ]
     spreads = [max(r["seeds"]["fid"]) - min(r["seeds"]["fid"]) for r in merged if len(r["seeds"]["fid"]) > 1]
     if spreads:
         lines += [
@@ -363,7 +375,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result.update(measure(args, folder))
     if args.part in ("table", "all"):
         result["table"] = table(folder, Path(args.speed))
-        print(result["table"]["markdown"])
+        print(result["table"]["markdown"], file=sys.stderr)
     return result
 
 

@@ -25,6 +25,7 @@ import argparse
 import itertools
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -129,7 +130,7 @@ def sweep(args: argparse.Namespace, name: str, model: str, tokenizer: str, grid:
         points.append(
             {**setting, "fid": r["fid"], "kid": r["kid_mean"], "class_accuracy": r.get("class_accuracy")}
         )
-        print(f"{name} {setting}: FID {r['fid']:.2f} KID {r['kid_mean']:.4f}", flush=True)
+        print(f"{name} {setting}: FID {r['fid']:.2f} KID {r['kid_mean']:.4f}", file=sys.stderr, flush=True)
     choice = choose(points, grid)
     summary = {
         "name": name,
@@ -144,7 +145,7 @@ def sweep(args: argparse.Namespace, name: str, model: str, tokenizer: str, grid:
         "points": points,
     }
     (out_dir / f"{name}.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"{name}: chosen {summary['chosen']} (FID {choice['fid']:.2f})")
+    print(f"{name}: chosen {summary['chosen']} (FID {choice['fid']:.2f})", file=sys.stderr)
     return summary
 
 
