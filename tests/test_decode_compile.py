@@ -32,3 +32,34 @@ def test_compiled_decode_shares_graphs_and_matches_eager(preset: str, max_graphs
     assert 1 <= counters["stats"]["unique_graphs"] <= max_graphs
     compiled.sample(model, labels)  # a second call reuses the graphs
     assert counters["stats"]["unique_graphs"] <= max_graphs
+
+
+def test_compile_flag_reaches_the_cached_pass(files: dict, tmp_path, capsys, monkeypatch) -> None:
+    """`--compile` / GenerateConfig(compile=True) sends every raster/EAR pass through the compiled step (the
+    eager backend here: capture without compiling) and samples the same images; VAR refuses it."""
+    import json
+
+    import argen.sampling.ar as ar
+    from argen.cli import main
+    from argen.sampling.pipeline import GenerateConfig, Pipeline
+
+    calls = []
+
+    def eager_capture(model, backend, mode=None):
+        calls.append((backend, mode))
+        return torch.compile(model.decode_step, backend="eager")
+
+    monkeypatch.setattr(ar, "_compiled_step", eager_capture)
+    cfg = GenerateConfig(str(files["ear"]), str(files["vq"]), batch_size=4, device="cpu", dtype="fp32")
+    plain = Pipeline.load(cfg).sample(torch.tensor([1, 2, 3]))
+    compiled = Pipeline.load(GenerateConfig(**{**cfg.__dict__, "compile": True})).sample(
+        torch.tensor([1, 2, 3])
+    )
+    assert calls and calls[0] == ("inductor", None)  # CPU: the default mode (CUDA graphs only on a GPU)
+    assert torch.equal(compiled.images, plain.images)
+    args = ["sample", "--model", str(files["ear"]), "--tokenizer", str(files["vq"]), "--device", "cpu"]
+    main([*args, "--compile", "--classes", "1", "--n-per-class", "2", "--out", str(tmp_path / "s")])
+    assert json.loads((tmp_path / "s" / "sample.json").read_text())["n"] == 2 and len(calls) > 1
+    capsys.readouterr()
+    with pytest.raises(ValueError, match="--compile applies to raster/EAR models"):
+        Pipeline.load(GenerateConfig(str(files["var"]), str(files["msvq"]), device="cpu", compile=True))

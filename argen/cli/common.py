@@ -139,6 +139,12 @@ def generate_flags(p: argparse.ArgumentParser, model_required: bool = True) -> N
     )
     p.add_argument("--batch-size", type=positive_int, default=32, help="images per forward batch")
     p.add_argument("--device", type=device, default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="raster/EAR: torch.compile each cached pass, as CUDA graphs on a GPU (raster-B 6.4x at batch 1 "
+        "on an H200; the first call compiles); on a CPU minutes of compiling for little",
+    )
     dtype_flag(p)
 
 
@@ -176,6 +182,7 @@ def generate_config(args: argparse.Namespace) -> Any:
         sampler=args.sampler,
         adaptive=_adaptive_threshold(args.adaptive),
         dtype=args.dtype,
+        compile=args.compile,
     )
 
 

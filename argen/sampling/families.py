@@ -150,7 +150,11 @@ class GPTFamily:
         """on_pass: the batch's images after every pass, cells not generated yet grey (fixed schedules)."""
         from argen.sampling.ar import AdaptiveConfig, GenerationProcess, growth_frames, sample_adaptive
 
-        proc = GenerationProcess.for_model(model, sampling, settings.order, settings.schedule)
+        proc = GenerationProcess.for_model(
+            model, sampling, settings.order, settings.schedule, compile=settings.compile
+        )
+        if settings.compile and labels_B.device.type == "cuda":
+            proc.compile_mode = "reduce-overhead"  # CUDA graphs: a cached pass is bound by launches
         grid = model.config.grid
 
         def decode(idx_Bhw: torch.Tensor) -> torch.Tensor:
@@ -203,6 +207,7 @@ class VARFamily:
             "--schedule": settings.schedule,
             "--adaptive": settings.adaptive,
             "decode_alone": settings.decode_alone or None,
+            "--compile": settings.compile or None,
         }
         for flag, value in gpt_only.items():
             if value is not None:
