@@ -7,10 +7,11 @@ fresh process, in turn (`argen.eval.bench.side_by_side`, medians), so load from 
 The codes of the two trees are compared. With --full, this tree then tokenizes all 60k train images once,
 its codes compared with a reference made by the old code (--reference TOKENIZER=FILE, or made here).
 The smoke run compares this tree with its own last commit (--base HEAD): the codes must be identical.
-Backs the tokenize speed numbers of results/cpu/tokenize_speed.json.
+Backs the tokenize speed numbers of results/cpu/tokenize_speed.json and docs/02-training.md.
 
-    python -m benchmarks tokenize --cli-threads 2,1 --images 2048 --full \\
-        --reference vq2_fmnist=data/vq2_train_ref.npz --out results/cpu/tokenize_speed.json
+    python -m benchmarks tokenize --threads 1 --cli-threads 2,1 --images 8192 --rounds 3 --full \\
+        --reference vq2_fmnist=data/vq2_train_ref.npz --reference msvq2_fmnist=data/msvq2_train_ref.npz \\
+        --out results/cpu/tokenize_speed.json
 """
 
 from __future__ import annotations
