@@ -1,5 +1,6 @@
 """The app runs the CLI's code path: for the same inputs and seed, each tab's pictures are `argen sample`'s /
-`argen extend`'s pixel for pixel, in bf16 and in fp32, and values left empty are the model's own in both."""
+`argen extend`'s pixel for pixel (the sample tab's batches hold other images than the CLI's: up to one grey
+level of decoder rounding), in bf16 and in fp32, and values left empty are the model's own in both."""
 
 from __future__ import annotations
 
@@ -43,9 +44,13 @@ def test_sample_tab_equals_argen_sample(store: st.ModelStore, tmp_path: Path) ->
     app = st.sample(store, "ear_any_fmnist", "", 4, passes=4, cfg_scale=None, temperature=None, seed=5)
     report = _cli(store, tmp_path, "sample", "--model", "ear_any_fmnist", "--n-per-class", "4",
                   "--schedule", "4", "--seed", "5")  # fmt: skip
-    # the app shows a column per class, the CLI a row per class: the same images
+    # the app shows a column per class, the CLI a row per class: the same images. Tokens are drawn per image,
+    # but the conv decoder's float sums depend on which images share its batch (the two layouts batch them
+    # differently), so a pixel may round to the neighbouring grey level (9 of 368,640 pixels with the
+    # shipped any-schedule EAR in fp32); `decode_alone` removes even that, for servers that need it
     cli = _cells(tmp_path / "samples.png", 10, 4).transpose(1, 0, 2, 3)
-    assert np.array_equal(_cells(app.grid, 4, 10), cli)
+    diff = np.abs(_cells(app.grid, 4, 10).astype(int) - cli.astype(int))
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-4
     assert not np.array_equal(cli[0, 0], cli[1, 0])  # two different draws, so the comparison means something
     sampling = report["sampling"]
     assert (app.stats["cfg_scale"], app.stats["temperature"]) == (
