@@ -149,21 +149,26 @@ def _rmsnorm_plain(x_BLD: torch.Tensor, weight: torch.Tensor, eps: float) -> tor
     return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).type_as(x_BLD) * weight
 
 
-def test_rmsnorm_kernel_equals_the_explicit_form() -> None:
+def test_rms_norm_function_equals_the_explicit_form() -> None:
+    """RMSNorm's GPU path (`F.rms_norm`, fused there) computes the explicit form; the CPU runs that form."""
     norm = RMSNorm(384)
     torch.nn.init.uniform_(norm.weight, 0.5, 1.5)
     x = torch.randn(4, 9, 384, requires_grad=True) * 3
-    assert torch.equal(norm(x), _rmsnorm_plain(x, norm.weight, norm.eps))  # fp32: bit for bit
-    (grad,) = torch.autograd.grad(norm(x).square().sum(), x)
+
+    def fused(x, w):
+        return F.rms_norm(x, (384,), w, norm.eps)
+
+    assert torch.equal(fused(x, norm.weight), _rmsnorm_plain(x, norm.weight, norm.eps))  # fp32: bit for bit
+    (grad,) = torch.autograd.grad(fused(x, norm.weight).square().sum(), x)
     (want,) = torch.autograd.grad(_rmsnorm_plain(x, norm.weight, norm.eps).square().sum(), x)
     assert torch.equal(grad, want)
-    norm16, x16 = copy.deepcopy(norm).to(torch.bfloat16), x.detach().to(torch.bfloat16)
-    fused, plain = norm16(x16), _rmsnorm_plain(x16, norm16.weight, norm.eps)  # bf16: one rounding less
-    torch.testing.assert_close(fused, plain, rtol=2**-7, atol=0)
-    ref = _rmsnorm_plain(x16.float(), norm16.weight.float(), norm.eps)
-    assert (fused.float() - ref).abs().max() <= (plain.float() - ref).abs().max()
-    mixed = norm(x16)  # autocast's mix (bf16 activations, fp32 weight): the explicit form, fp32 out
-    assert mixed.dtype == torch.float32 and torch.equal(mixed, _rmsnorm_plain(x16, norm.weight, norm.eps))
+    w16, x16 = norm.weight.detach().to(torch.bfloat16), x.detach().to(torch.bfloat16)
+    got, plain = fused(x16, w16), _rmsnorm_plain(x16, w16, norm.eps)  # bf16: one rounding less
+    torch.testing.assert_close(got, plain, rtol=2**-7, atol=0)
+    ref = _rmsnorm_plain(x16.float(), w16.float(), norm.eps)
+    assert (got.float() - ref).abs().max() <= (plain.float() - ref).abs().max()
+    for x_in, module in ((x, norm), (x16, copy.deepcopy(norm).to(torch.bfloat16)), (x16, norm)):  # CPU
+        assert torch.equal(module(x_in), _rmsnorm_plain(x_in, module.weight, norm.eps))
 
 
 def test_additive_mask_gives_sdpa_the_same_attention_as_its_boolean_mask() -> None:
